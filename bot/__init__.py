@@ -1,0 +1,1 @@
+"""Webex helpdesk-triage bot."""
