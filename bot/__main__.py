@@ -1,0 +1,144 @@
+"""Command line: serve, ask, knowledge check, webhooks, whoami."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bot.config import Settings, describe_settings_error
+from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
+from bot.triage import TriageIndex, TriageResult, triage
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _load(settings: Settings, directory: Path | None = None) -> KnowledgeBase:
+    return load_knowledge(directory or settings.knowledge_dir, settings.link_overrides)
+
+
+def format_answer(result: TriageResult, kb: KnowledgeBase) -> str:
+    """The plain-text answer `ask` prints: what a person would read in the card."""
+    if not result.matches or result.outcome == "none":
+        lines = ["I'm not sure what this is."]
+        if result.unknown_codes:
+            lines.append(f"{', '.join(result.unknown_codes)} is not in the Webex error catalogue.")
+        lines.append(
+            "Try the exact error text or code (for example 'Error: 1000:1002'), or contact the helpdesk."
+        )
+        lines += [f"  {link.title}: {link.url}" for link in kb.resolve_links(["helpdesk-portal"])]
+        return "\n".join(lines)
+    if result.outcome == "clarify":
+        lines = ["Which of these is it?"]
+        for m in result.matches[:3]:
+            article = kb.articles[m.id]
+            lines.append(f"  - {article.title} [{m.id}]  (score {m.score:.2f})")
+        return "\n".join(lines)
+    blocks = []
+    shown = [m for m in result.matches if m.id in result.codes] or list(result.matches[:1])
+    for m in shown:
+        article = kb.articles[m.id]
+        head = article.title if not article.code else f"{article.title}  [{article.code} {article.name}]"
+        lines = [head, "=" * min(len(head), 78), article.summary]
+        if article.message:
+            lines.append(f'Webex says: "{article.message}"')
+        if article.admin_needed:
+            lines.append("This one needs your Webex administrator; the steps say what to send them.")
+        lines.append("")
+        for n, step in enumerate(article.steps, 1):
+            lines.append(f"{n}. " + (f"{step.title}: " if step.title else "") + step.text)
+            if step.warning:
+                lines.append(f"   ! {step.warning}")
+        links = kb.resolve_links(article.links)
+        if links:
+            lines.append("")
+            lines += [f"  {link.title}: {link.url}" for link in links]
+        if m.related:
+            lines.append(f"\nThe same message is also shown for: {', '.join(m.related)}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    kb = _load(settings)
+    index = TriageIndex.build(kb)
+    if args.text == "-":
+        # One message per line in, one JSON object (or answer) per line out: a stable pipe contract.
+        for line in sys.stdin:
+            text = line.rstrip("\n")
+            result = triage(text, index)
+            if args.json:
+                print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+            else:
+                print(format_answer(result, kb) + "\n", flush=True)
+        return EXIT_OK
+    result = triage(args.text, index)
+    print(json.dumps(result.to_json(), ensure_ascii=False) if args.json else format_answer(result, kb))
+    return EXIT_OK
+
+
+def cmd_knowledge_check(args: argparse.Namespace, settings: Settings) -> int:
+    directory = Path(args.dir) if args.dir else settings.knowledge_dir
+    try:
+        kb = _load(settings, directory)
+    except KnowledgeError as exc:
+        print(f"{directory}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    kinds: dict[str, int] = {}
+    for article in kb.articles.values():
+        kinds[article.kind] = kinds.get(article.kind, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    print(f"{directory}: OK: {len(kb.articles)} articles ({summary}), {len(kb.links)} links")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helpdesk-bot",
+        description="Webex helpdesk-triage bot. Configuration comes from the environment or .env (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ask = sub.add_parser("ask", help="triage one message and print the answer")
+    ask.add_argument("text", help='the message, or "-" to read one message per line from stdin')
+    ask.add_argument(
+        "--json", action="store_true", help="print JSON: {matches: [{id, score}], confident, ...}"
+    )
+    ask.set_defaults(func=cmd_ask)
+
+    knowledge = sub.add_parser("knowledge", help="knowledge files")
+    ksub = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
+    check = ksub.add_parser("check", help="validate a knowledge folder and report every problem")
+    check.add_argument("dir", nargs="?", help="folder to check (default: KNOWLEDGE_DIR)")
+    check.set_defaults(func=cmd_knowledge_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"configuration error: {describe_settings_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        code: int = args.func(args, settings)
+    except KnowledgeError as exc:
+        print(f"knowledge error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""One pydantic-settings Settings object, built once in __main__ and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_KNOWLEDGE_DIR = Path(__file__).resolve().parent.parent / "knowledge"
+
+
+def _split_csv(value: object) -> object:
+    # ADMIN_EMAILS="a@x.com, b@x.com" reads better in a .env file than a JSON list.
+    if isinstance(value, str):
+        return tuple(part.strip().casefold() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration; the environment variable names are a contract (see README)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+
+    webex_access_token: SecretStr | None = None
+    webex_webhook_secret: SecretStr | None = None
+    webex_api_url: AnyHttpUrl = AnyHttpUrl("https://webexapis.com/v1")
+    public_url: AnyHttpUrl | None = None
+    helpdesk_room_id: str | None = None
+    database_url: str = "sqlite:///./helpdesk-bot.db"
+    admin_emails: Annotated[tuple[str, ...], NoDecode] = ()
+    allowed_email_domains: Annotated[tuple[str, ...], NoDecode] = ()
+    knowledge_dir: Path = DEFAULT_KNOWLEDGE_DIR
+    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = "0.0.0.0"  # noqa: S104 - a webhook receiver must be reachable from outside the container
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Escalation links: override the defaults in knowledge/links.toml without editing the files.
+    helpdesk_portal_url: str | None = None
+    helpdesk_space_url: str | None = None
+    admin_contact_url: str | None = None
+
+    # Optional outbound ITSM webhook for ticket events.
+    ticket_webhook_url: AnyHttpUrl | None = None
+    ticket_webhook_secret: SecretStr | None = None
+
+    @field_validator("admin_emails", "allowed_email_domains", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @property
+    def local_mode(self) -> bool:
+        """Without a bot token the bot runs against the local playground instead of Webex."""
+        return self.webex_access_token is None or not self.webex_access_token.get_secret_value()
+
+    @property
+    def link_overrides(self) -> dict[str, str]:
+        pairs = {
+            "helpdesk-portal": self.helpdesk_portal_url,
+            "helpdesk-space": self.helpdesk_space_url,
+            "admin-contact": self.admin_contact_url,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+    def is_admin(self, email: str) -> bool:
+        return email.casefold() in self.admin_emails
+
+    def is_allowed(self, email: str) -> bool:
+        if not self.allowed_email_domains:
+            return True
+        domain = email.rpartition("@")[2].casefold()
+        return domain in self.allowed_email_domains
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad value, naming the environment variable rather than the Python field."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+        lines.append(f"{name}: {err['msg']}")
+    return "; ".join(lines)

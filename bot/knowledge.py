@@ -1,0 +1,398 @@
+"""Load and validate the hand-edited knowledge files into a frozen KnowledgeBase."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Category = Literal[
+    "sso",
+    "certificate",
+    "service-discovery",
+    "registration",
+    "configuration",
+    "network",
+    "session",
+    "general",
+]
+ArticleKind = Literal["error", "symptom", "setup-note", "setup-guide"]
+ArticleId = Annotated[str, Field(pattern=r"^(1000:\d{1,4}|[a-z0-9]+(-[a-z0-9]+)*)$", max_length=64)]
+NonEmpty = Annotated[str, Field(min_length=1, max_length=2000)]
+
+ERRORS_FILE = "errors.toml"
+ARTICLES_FILE = "articles.toml"
+SETUP_FILE = "setup.toml"
+LINKS_FILE = "links.toml"
+SCOPE_FILE = "scope.toml"
+KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FILE)
+
+
+class _Strict(BaseModel):
+    # extra="forbid" turns a misspelt field name in a TOML file into an error instead of silent loss.
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+# --- What the files hold -------------------------------------------------------------------------
+
+
+class ErrorEntryFile(_Strict):
+    code: Annotated[str, Field(pattern=r"^1000:\d{1,4}$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
+    message: NonEmpty
+    title: NonEmpty
+    category: Category
+    admin_needed: bool
+    summary: NonEmpty
+    steps: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
+    aliases: tuple[NonEmpty, ...] = ()
+    links: tuple[str, ...] = ()
+
+
+class ArticleFile(_Strict):
+    id: ArticleId
+    kind: Literal["symptom", "setup-note"]
+    title: NonEmpty
+    category: Category
+    admin_needed: bool
+    summary: NonEmpty
+    aliases: tuple[NonEmpty, ...] = ()
+    phrases: tuple[NonEmpty, ...] = ()
+    steps: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
+    links: tuple[str, ...] = ()
+
+
+class SetupStepFile(_Strict):
+    title: NonEmpty
+    detail: NonEmpty
+    warning: NonEmpty | None = None
+
+
+class SetupGuideFile(_Strict):
+    id: ArticleId
+    title: NonEmpty
+    audience: Literal["admin", "employee"] = "admin"
+    summary: NonEmpty
+    aliases: tuple[NonEmpty, ...] = ()
+    phrases: tuple[NonEmpty, ...] = ()
+    links: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    step: Annotated[tuple[SetupStepFile, ...], Field(min_length=1)]
+
+
+class LinkFile(_Strict):
+    id: ArticleId
+    title: NonEmpty
+    url: Annotated[str, Field(pattern=r"^(https?://|mailto:)\S+$", max_length=500)]
+
+
+class ScopeFile(_Strict):
+    # Phrases that name things this bot does not handle (other products, meeting audio...).
+    out_of_scope: tuple[NonEmpty, ...] = ()
+
+
+# --- What the rest of the bot sees ---------------------------------------------------------------
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    text: str
+    title: str | None = None
+    warning: str | None = None
+
+
+class Link(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    id: str
+    title: str
+    url: str
+
+
+class Article(BaseModel):
+    """One answer the bot can give: an error code, a symptom, a setup note or the setup guide."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    kind: ArticleKind
+    title: str
+    category: str
+    admin_needed: bool
+    summary: str
+    steps: tuple[Step, ...]
+    links: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    phrases: tuple[str, ...] = ()
+    # Error entries only.
+    code: str | None = None
+    name: str | None = None
+    message: str | None = None
+    # The setup guide only: ids of the setup notes that belong to it.
+    notes: tuple[str, ...] = ()
+
+    @field_validator("steps")
+    @classmethod
+    def _has_steps(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        if not steps:
+            raise ValueError("an article needs at least one step")
+        return steps
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class KnowledgeBase(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    articles: dict[str, Article]
+    links: dict[str, Link]
+    out_of_scope: tuple[str, ...] = ()
+    source: str = ""
+
+    def article(self, article_id: str) -> Article | None:
+        return self.articles.get(article_id)
+
+    def resolve_links(self, link_ids: Iterable[str]) -> list[Link]:
+        return [self.links[i] for i in link_ids if i in self.links]
+
+    @property
+    def errors(self) -> list[Article]:
+        return [a for a in self.articles.values() if a.kind == "error"]
+
+    @property
+    def setup_guide(self) -> Article | None:
+        return next((a for a in self.articles.values() if a.kind == "setup-guide"), None)
+
+
+# --- Problems --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    entry: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = (
+            self.file + (f": {self.entry}" if self.entry else "") + (f": {self.field}" if self.field else "")
+        )
+        return f"{where}: {self.message}"
+
+
+class KnowledgeError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"{len(problems)} problem(s) in the knowledge files:\n" + "\n".join(map(str, problems))
+        )
+
+
+def _problems_from(exc: ValidationError, file: str, entry: str) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        out.append(Problem(file, entry, field or "(entry)", err["msg"]))
+    return out
+
+
+def _entry_label(table: str, index: int, raw: Any, key: str = "id") -> str:
+    ident = raw.get(key) if isinstance(raw, dict) else None
+    return f"{table}[{index}]" + (f" ({ident})" if isinstance(ident, str) else "")
+
+
+def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(Problem(path.name, "", "", "file is missing"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(Problem(path.name, "", "", f"not valid TOML: {exc}"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(path.name, "", "", f"cannot read: {exc}"))
+    return None
+
+
+def _table_list(doc: dict[str, Any], key: str, file: str, problems: list[Problem]) -> list[Any]:
+    items = doc.get(key, [])
+    if not isinstance(items, list):
+        problems.append(Problem(file, "", key, f"expected [[{key}]] tables"))
+        return []
+    return items
+
+
+def _parse_errors(doc: dict[str, Any], problems: list[Problem]) -> list[Article]:
+    out = []
+    for i, raw in enumerate(_table_list(doc, "error", ERRORS_FILE, problems)):
+        label = _entry_label("error", i, raw, key="code")
+        try:
+            e = ErrorEntryFile.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, ERRORS_FILE, label))
+            continue
+        out.append(
+            Article(
+                id=e.code,
+                kind="error",
+                title=e.title,
+                category=e.category,
+                admin_needed=e.admin_needed,
+                summary=e.summary,
+                steps=tuple(Step(text=s) for s in e.steps),
+                links=e.links,
+                aliases=e.aliases,
+                code=e.code,
+                name=e.name,
+                message=e.message,
+            )
+        )
+    return out
+
+
+def _parse_articles(doc: dict[str, Any], problems: list[Problem]) -> list[Article]:
+    out = []
+    for i, raw in enumerate(_table_list(doc, "article", ARTICLES_FILE, problems)):
+        label = _entry_label("article", i, raw)
+        try:
+            a = ArticleFile.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, ARTICLES_FILE, label))
+            continue
+        out.append(
+            Article(
+                id=a.id,
+                kind=a.kind,
+                title=a.title,
+                category=a.category,
+                admin_needed=a.admin_needed,
+                summary=a.summary,
+                steps=tuple(Step(text=s) for s in a.steps),
+                links=a.links,
+                aliases=a.aliases,
+                phrases=a.phrases,
+            )
+        )
+    return out
+
+
+def _parse_setup(doc: dict[str, Any], problems: list[Problem]) -> list[Article]:
+    try:
+        g = SetupGuideFile.model_validate(doc)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, SETUP_FILE, "guide"))
+        return []
+    steps = tuple(Step(text=s.detail, title=s.title, warning=s.warning) for s in g.step)
+    return [
+        Article(
+            id=g.id,
+            kind="setup-guide",
+            title=g.title,
+            category="sso",
+            admin_needed=g.audience == "admin",
+            summary=g.summary,
+            steps=steps,
+            links=g.links,
+            aliases=g.aliases,
+            phrases=g.phrases,
+            notes=g.notes,
+        )
+    ]
+
+
+def _parse_links(
+    doc: dict[str, Any], overrides: Mapping[str, str], problems: list[Problem]
+) -> dict[str, Link]:
+    links: dict[str, Link] = {}
+    for i, raw in enumerate(_table_list(doc, "link", LINKS_FILE, problems)):
+        label = _entry_label("link", i, raw)
+        try:
+            lf = LinkFile.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, LINKS_FILE, label))
+            continue
+        if lf.id in links:
+            problems.append(Problem(LINKS_FILE, label, "id", f"duplicate link id {lf.id!r}"))
+        links[lf.id] = Link(id=lf.id, title=lf.title, url=overrides.get(lf.id) or lf.url)
+    for link_id in overrides.keys() - links.keys():
+        problems.append(
+            Problem(LINKS_FILE, link_id, "url", "an override names a link id that links.toml lacks")
+        )
+    return links
+
+
+def _cross_check(articles: list[Article], links: Mapping[str, Link], problems: list[Problem]) -> None:
+    seen: dict[str, str] = {}
+    for a in articles:
+        file = {"error": ERRORS_FILE, "setup-guide": SETUP_FILE}.get(a.kind, ARTICLES_FILE)
+        if a.id in seen:
+            problems.append(Problem(file, a.id, "id", f"duplicate id (also in {seen[a.id]})"))
+        seen.setdefault(a.id, file)
+        for link_id in a.links:
+            if link_id not in links:
+                problems.append(Problem(file, a.id, "links", f"unknown link id {link_id!r}"))
+    ids = {a.id for a in articles}
+    for a in articles:
+        for note in a.notes:
+            if note not in ids:
+                problems.append(Problem(SETUP_FILE, a.id, "notes", f"unknown article id {note!r}"))
+
+
+def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | None = None) -> KnowledgeBase:
+    """Read every knowledge file in `directory`; raise KnowledgeError listing every problem found."""
+    root = Path(directory)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        raise KnowledgeError([Problem(str(root), "", "", "knowledge directory does not exist")])
+    docs = {name: _read_toml(root / name, problems) for name in KNOWLEDGE_FILES if name != SCOPE_FILE}
+    scope_doc = _read_toml(root / SCOPE_FILE, []) if (root / SCOPE_FILE).exists() else {}
+
+    links = _parse_links(docs[LINKS_FILE] or {}, link_overrides or {}, problems)
+    setup_doc = docs[SETUP_FILE]
+    articles = [
+        *_parse_errors(docs[ERRORS_FILE] or {}, problems),
+        # An unreadable setup.toml is already one problem; validating "nothing" would add noise.
+        *(_parse_setup(setup_doc, problems) if setup_doc is not None else []),
+        *_parse_articles(docs[ARTICLES_FILE] or {}, problems),
+    ]
+    _cross_check(articles, links, problems)
+    scope = ScopeFile()
+    try:
+        scope = ScopeFile.model_validate(scope_doc or {})
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, SCOPE_FILE, ""))
+    if problems:
+        raise KnowledgeError(problems)
+    return KnowledgeBase(
+        articles={a.id: a for a in articles},
+        links=links,
+        out_of_scope=scope.out_of_scope,
+        source=str(root),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def diff_knowledge(old: KnowledgeBase, new: KnowledgeBase) -> KnowledgeDiff:
+    """Which article ids a reload adds, removes and changes."""
+    old_ids, new_ids = old.articles.keys(), new.articles.keys()
+    changed = [i for i in old_ids & new_ids if old.articles[i].fingerprint != new.articles[i].fingerprint]
+    return KnowledgeDiff(
+        added=tuple(sorted(new_ids - old_ids)),
+        removed=tuple(sorted(old_ids - new_ids)),
+        changed=tuple(sorted(changed)),
+    )

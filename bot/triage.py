@@ -1,0 +1,560 @@
+"""Pure triage: message text in, ranked knowledge matches out (no I/O)."""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rapidfuzz import fuzz, process
+
+from bot.knowledge import Article, KnowledgeBase
+
+# Work caps: a pasted log must not cost more than a normal message. Codes are scanned over a longer
+# prefix than the fuzzy text match because people paste a whole dialog and the code sits at the end.
+MAX_CODE_SCAN_CHARS = 20_000
+MAX_TEXT_CHARS = 2_000
+MAX_TOKENS = 80
+MAX_CODES = 10
+MAX_CANDIDATES = 8  # text candidates kept per message: the ladder looks at the top three
+
+# Scores in [0, 1]. An exact code is certain; a bare suffix after "error"/"code" almost so; a number
+# alone ("my extension is 1005") is only a hint that needs the text to agree.
+SCORE_FULL_CODE = 1.0
+SCORE_KEYWORD_CODE = 0.97
+SCORE_NAME = 0.95
+SCORE_BARE_NUMBER = 0.45
+SCORE_CORROBORATED_NUMBER = 0.9
+EXACT_TEXT = 0.9
+
+MIN_SCORE = 0.2  # below this a candidate is noise and is not reported at all
+CONFIDENT_AT = 0.78  # a text match must cover most of a phrase's weight to be answered outright
+CLARIFY_AT = 0.5  # below this nothing is worth offering
+CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
+OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
+FUZZY_TOKEN_CUTOFF = 80.0  # rapidfuzz ratio for typo correction: "blnk" -> "blank" is 88.9
+
+Outcome = Literal["fix", "clarify", "none"]
+Evidence = Literal["code", "name", "text", "number"]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    id: str
+    score: float
+    evidence: Evidence
+    # Other articles that the text cannot tell apart from this one (same error message, different code).
+    related: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TriageResult:
+    outcome: Outcome
+    matches: tuple[Match, ...]
+    codes: tuple[str, ...] = ()  # catalogue codes found in the text, in order
+    unknown_codes: tuple[str, ...] = ()  # "1000:N" forms that the catalogue lacks
+    out_of_scope: tuple[str, ...] = ()  # out-of-scope markers seen in the text
+
+    @property
+    def confident(self) -> bool:
+        return self.outcome == "fix"
+
+    @property
+    def best(self) -> Match | None:
+        return self.matches[0] if self.matches else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "confident": self.confident,
+            "outcome": self.outcome,
+            "matches": [
+                {"id": m.id, "score": round(m.score, 4), "evidence": m.evidence, "related": list(m.related)}
+                for m in self.matches
+            ],
+            "codes": list(self.codes),
+            "unknown_codes": list(self.unknown_codes),
+        }
+
+
+# --- Normalisation ---------------------------------------------------------------------------------
+
+# Every regex below is linear: bounded repeats, no nested quantifiers, so 50,000 digits and colons
+# cost a single pass.
+_FULL_CODE = re.compile(r"(?<![\d.])1000[ \t]{0,3}[:/\-–—][ \t]{0,3}(\d{1,4})(?![\d:])")
+_SPACED_CODE = re.compile(r"(?<![\d.:])1000 {1,2}(\d{1,4})(?![\d:])")
+_KEYWORD_CODE = re.compile(
+    r"\b(?:error|err|code|errorcode|error code|error no|error number)[ \t]{0,3}[:#=]?[ \t]{0,3}\(?(\d{1,4})(?![\d:/\-])"
+)
+_CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err)\b")
+_BARE_NUMBER = re.compile(r"(?<![\d:/\-.])(\d{3,4})(?![\d:/\-.])")
+_TOKEN = re.compile(r"[a-z0-9]+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+# Control characters and markdown punctuation become spaces; curly quotes become straight ones.
+_CLEAN = {c: " " for c in range(32) if c not in (9, 10)} | {127: " "}
+_CLEAN |= {ord(c): " " for c in '*_`~#>|[](){}<>"\\'}
+_CLEAN |= {ord("’"): "'", ord("‘"): "'", ord("“"): " ", ord("”"): " "}
+
+# Word-level synonyms so that "log in", "login" and "sign-in" meet, and so do "can't", "cant", "unable to".
+# Matched on tokens (longest first), which costs a few dict look-ups per word instead of a regex pass per rule.
+_SYNONYM_TABLE: dict[str, tuple[str, ...]] = {
+    "sso": ("single sign on", "single signon", "singlesignon"),
+    "failed": (
+        "not working",
+        "isnt working",
+        "doesnt work",
+        "dont work",
+        "wont work",
+        "arent working",
+        "stopped working",
+        "is not working",
+        "does not work",
+        "broken",
+        "broke",
+        "failing",
+        "fails",
+    ),
+    "cannot": (
+        "cant",
+        "can not",
+        "unable to",
+        "couldnt",
+        "could not",
+        "wont let me",
+        "doesnt let me",
+        "will not let me",
+    ),
+    "signin": (
+        "sign in",
+        "sign on",
+        "sign into",
+        "signing in",
+        "signing into",
+        "signed in",
+        "log in",
+        "log on",
+        "log into",
+        "logging in",
+        "logging into",
+        "logged in",
+        "login",
+        "logins",
+        "logon",
+        "signin",
+        "signing",
+    ),
+    "signout": ("sign out", "signed out", "log out", "logged out", "logout", "signout"),
+    "not": ("wont", "doesnt", "dont", "isnt", "never", "didnt", "havent", "hasnt"),
+    "username": ("user name", "user id", "userid"),
+    "password": ("pass word", "passwd", "pwd"),
+    "popup": ("pop up", "pop ups", "popups"),
+    "confirmation pin": (
+        "confirmation code",
+        "verification code",
+        "activation code",
+        "security code",
+        "one time code",
+        "verification pin",
+        "confirmation number",
+    ),
+    "idp": ("id p", "identity provider"),
+    "cucm": ("unified cm", "unifiedcm", "call manager", "callmanager"),
+    "office365": ("o365", "office 365", "microsoft 365"),
+    "azuread": ("azure ad", "azuread", "entra", "entra id"),
+    "wifi": ("wi fi",),
+    "sixdigit": ("six digit", "6 digit"),
+}
+_SYNONYMS: dict[tuple[str, ...], tuple[str, ...]] = {
+    tuple(form.split()): tuple(canonical.split())
+    for canonical, forms in _SYNONYM_TABLE.items()
+    for form in forms
+}
+_SYNONYM_STARTS = frozenset(key[0] for key in _SYNONYMS)
+_SYNONYM_MAX = max(map(len, _SYNONYMS))
+_HAS_DIGIT = re.compile(r"\d")
+
+
+def _apply_synonyms(words: list[str]) -> list[str]:
+    out: list[str] = []
+    i, n = 0, len(words)
+    while i < n:
+        word = words[i]
+        if word in _SYNONYM_STARTS:
+            for size in range(min(_SYNONYM_MAX, n - i), 0, -1):
+                canonical = _SYNONYMS.get(tuple(words[i : i + size]))
+                if canonical is not None:
+                    out.extend(canonical)
+                    i += size
+                    break
+            else:
+                out.append(word)
+                i += 1
+        else:
+            out.append(word)
+            i += 1
+    return out
+
+
+_STOPWORDS = frozenset(
+    ["a", "an", "the", "and", "or", "but", "if", "then", "so", "to", "of", "in", "on", "at", "by", "for", "with", "from", "into", "onto", "about", "as", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "doing", "have", "has", "had", "having", "i", "me", "my", "mine", "we", "our", "us", "you", "your", "yours", "he", "she", "it", "its", "they", "them", "their", "this", "that", "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "all", "any", "some", "each", "every", "just", "also", "very", "really", "still", "again", "now", "today", "yesterday", "morning", "tonight", "week", "weekend", "since", "after", "before", "while", "up", "down", "out", "off", "over", "under", "too", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "get", "gets", "got", "getting", "keep", "keeps", "kept", "go", "goes", "going", "went", "try", "tried", "trying", "please", "pls", "plz", "thanks", "thank", "thx", "hi", "hello", "hey", "help", "need", "want", "anyone", "someone", "something", "anything", "everything", "nothing", "know", "tell", "ask", "asking", "says", "said", "say", "see", "seeing", "shows", "showing", "show", "shown", "appears", "appear", "message", "msg", "error", "err", "code", "issue", "issues", "problem", "problems", "webex", "teams", "cisco", "app", "application", "use", "using", "used", "working", "work", "works", "time", "times", "one", "thing", "things", "like", "ok", "okay", "yes", "no", "yeah", "via", "per", "etc", "im", "ive", "youre", "im", "ive", "id", "ill", "its", "dont", "doesnt", "isnt", "same", "not"]
+)
+
+
+def normalize(text: str) -> str:
+    """Casefold, NFKC, strip control characters and markdown, and apply word synonyms."""
+    text = unicodedata.normalize("NFKC", text[:MAX_CODE_SCAN_CHARS]).casefold().translate(_CLEAN)
+    return text
+
+
+def _stem(token: str) -> str:
+    # A deliberately tiny stemmer: enough for "connected/connecting", "services/service", "expired/expires".
+    if len(token) > 4 and token.endswith("s") and not token.endswith("ss"):
+        token = token[:-1]
+    if len(token) > 5 and token.endswith("ing"):
+        token = token[:-3]
+    elif len(token) > 4 and token.endswith("ed"):
+        token = token[:-2]
+    if len(token) > 4 and token.endswith("e"):
+        token = token[:-1]
+    return token
+
+
+def content_tokens(text: str) -> list[str]:
+    """The stemmed, non-stopword tokens of already-normalised text, in order."""
+    # "you're" -> "youre" keeps contractions one token, so the synonym table only needs "cant".
+    words = _apply_synonyms(_TOKEN.findall(text[:MAX_TEXT_CHARS].replace("'", "")))
+    out = []
+    for tok in words:
+        if tok in _STOPWORDS or tok.isdigit():
+            continue
+        out.append(_stem(tok))
+        if len(out) >= MAX_TOKENS:
+            break
+    return out
+
+
+def split_name(name: str) -> list[str]:
+    """ "ServiceDiscoveryNoSRVRecordsFound" -> ["service", "discovery", "no", "srv", "records", "found"]."""
+    return [p.lower() for p in _CAMEL.findall(name)]
+
+
+# --- The index, built once per knowledge load -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Phrase:
+    article_id: str
+    text: str  # the normalised source text: identical texts in two articles make them indistinguishable
+    weights: dict[str, float]  # token -> idf weight
+    total: float
+
+
+@dataclass(slots=True)
+class TriageIndex:
+    """Everything triage needs, precomputed from a KnowledgeBase: choices are processed once, here."""
+
+    kb: KnowledgeBase
+    suffixes: dict[str, str] = field(default_factory=dict)  # "1002" -> "1000:1002"
+    names: dict[str, str] = field(default_factory=dict)  # "servicediscoveryauthenticationfailure" -> id
+    names_re: re.Pattern[str] | None = None
+    phrases: list[_Phrase] = field(default_factory=list)
+    postings: dict[str, list[int]] = field(default_factory=dict)  # token -> phrase indexes
+    idf: dict[str, float] = field(default_factory=dict)
+    vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
+    out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
+    order: dict[str, int] = field(default_factory=dict)  # catalogue order, the final tie-break
+    cover_coef: list[float] = field(default_factory=list)
+    explain_coef: list[float] = field(default_factory=list)
+    article_of: list[str] = field(default_factory=list)
+    family: dict[str, str] = field(default_factory=dict)  # setup note id -> its guide id
+    min_info: float = 1.0  # the idf mass a phrase needs before its full coverage counts as an answer
+
+    @classmethod
+    def build(cls, kb: KnowledgeBase) -> TriageIndex:
+        index = cls(kb=kb)
+        raw: list[tuple[str, str, list[str]]] = []
+        for n, article in enumerate(kb.articles.values()):
+            index.order[article.id] = n
+            for text in _choices(article):
+                norm = normalize(text)
+                tokens = list(dict.fromkeys(content_tokens(norm)))
+                if tokens:
+                    raw.append((article.id, norm.strip(), tokens))
+            for note in article.notes:
+                index.family[note] = article.id
+            if article.code:
+                index.suffixes[article.code.split(":", 1)[1]] = article.id
+            if article.name and len(split_name(article.name)) >= 2:
+                index.names[article.name.lower()] = article.id
+        if index.names:
+            index.names_re = re.compile("|".join(map(re.escape, sorted(index.names, key=len, reverse=True))))
+        # Document frequency counts articles, not phrases: a word in every error message says little.
+        df: dict[str, set[str]] = defaultdict(set)
+        for article_id, _, tokens in raw:
+            for tok in tokens:
+                df[tok].add(article_id)
+        n_articles = max(1, len(kb.articles))
+        index.idf = {tok: math.log(1.0 + n_articles / len(ids)) for tok, ids in df.items()}
+        # About one rare word's worth: "blank screen" qualifies, "webex login" alone does not.
+        index.min_info = 0.75 * math.log(1.0 + n_articles)
+        for article_id, norm, tokens in raw:
+            weights = {tok: index.idf[tok] for tok in tokens}
+            index.phrases.append(_Phrase(article_id, norm, weights, sum(weights.values())))
+        postings: dict[str, list[int]] = defaultdict(list)
+        for i, phrase in enumerate(index.phrases):
+            for tok in phrase.weights:
+                postings[tok].append(i)
+        index.postings = dict(postings)
+        # Per-phrase constants of the score, so the hot loop is two multiplications and an add.
+        # A phrase made of common words ("webex login") is a topic hint, not an answer by itself: info < 1.
+        for phrase in index.phrases:
+            info = min(1.0, phrase.total / index.min_info)
+            index.cover_coef.append(0.85 * info / phrase.total)
+            index.explain_coef.append(0.15 * info)
+            index.article_of.append(phrase.article_id)
+        by_len: dict[int, list[str]] = defaultdict(list)
+        for tok in index.idf:
+            by_len[len(tok)].append(tok)
+        index.vocab_by_len = dict(by_len)
+        index.out_of_scope = [" " + " ".join(_TOKEN.findall(normalize(m))) + " " for m in kb.out_of_scope]
+        return index
+
+    def correct(self, token: str) -> tuple[str, float] | None:
+        """The vocabulary word a typo most likely meant, with its similarity, or None."""
+        if token in self.idf:
+            return token, 1.0
+        if len(token) < 4 or token.isdigit():
+            return None
+        # ratio >= 80 bounds the length difference, so only near-length words are candidates.
+        span = max(1, len(token) // 4)
+        choices = [
+            w for n in range(len(token) - span, len(token) + span + 1) for w in self.vocab_by_len.get(n, ())
+        ]
+        if not choices:
+            return None
+        found = process.extractOne(token, choices, scorer=fuzz.ratio, score_cutoff=FUZZY_TOKEN_CUTOFF)
+        if found is None:
+            return None
+        return found[0], found[1] / 100.0
+
+
+def _choices(article: Article) -> Iterable[str]:
+    yield article.title
+    yield from article.aliases
+    yield from article.phrases
+    if article.message:
+        # The message without its "Error: 1000:N" tail is what people paraphrase.
+        yield _FULL_CODE.sub(" ", article.message).replace("Error:", " ").replace("Error", " ")
+    if article.name:
+        yield " ".join(split_name(article.name))
+
+
+# --- Triage ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Candidate:
+    id: str
+    score: float = 0.0
+    evidence: Evidence = "text"
+    text_score: float = 0.0
+    explained: frozenset[str] = frozenset()
+    phrase_text: str = ""
+    position: int = 1 << 30
+
+
+def _find_codes(
+    text: str, index: TriageIndex
+) -> tuple[dict[str, tuple[float, Evidence, int]], list[str], list[str]]:
+    """Codes by id -> (score, evidence, position); the unknown full codes; bare-number hints (ids)."""
+    found: dict[str, tuple[float, Evidence, int]] = {}
+    unknown: list[str] = []
+
+    def add(article_id: str, score: float, evidence: Evidence, pos: int) -> None:
+        prev = found.get(article_id)
+        if prev is None or prev[0] < score:
+            found[article_id] = (score, evidence, pos if prev is None else min(pos, prev[2]))
+
+    if _HAS_DIGIT.search(text):
+        for pattern in (_FULL_CODE, _SPACED_CODE):
+            for m in pattern.finditer(text):
+                suffix = str(int(m.group(1)))
+                if suffix in index.suffixes:
+                    add(index.suffixes[suffix], SCORE_FULL_CODE, "code", m.start())
+                elif pattern is _FULL_CODE and f"1000:{suffix}" not in unknown:
+                    unknown.append(f"1000:{suffix}")
+                if len(found) >= MAX_CODES:
+                    break
+        for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
+            for m in pattern.finditer(text):
+                suffix = str(int(m.group(1)))
+                if suffix in index.suffixes:
+                    add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
+    if index.names_re is not None:
+        # Names are matched with spaces and punctuation squeezed out: "SSO certificate error" finds SSOCertificateError.
+        compact = "".join(_TOKEN.findall(text[:MAX_TEXT_CHARS]))
+        for m in index.names_re.finditer(compact):
+            add(index.names[m.group()], SCORE_NAME, "name", m.start())
+    hints: list[str] = []
+    if found or not _HAS_DIGIT.search(text):
+        return found, unknown[:MAX_CODES], hints
+    for m in _BARE_NUMBER.finditer(text[:MAX_TEXT_CHARS]):
+        article_id = index.suffixes.get(str(int(m.group(1))), "")
+        if article_id and article_id not in hints:
+            hints.append(article_id)
+    return found, unknown[:MAX_CODES], hints[:MAX_CODES]
+
+
+def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
+    """Best phrase per article: the share of the phrase's weight the message covers, nudged by how much
+    of the message the phrase explains (so the phrase that explains "later" beats one that doesn't).
+    Sums run over the postings of the message's words only, so cost follows the hits, not the catalogue."""
+    seen: dict[str, float] = {}
+    for tok in tokens:
+        hit = index.correct(tok)
+        if hit is not None and seen.get(hit[0], 0.0) < hit[1]:
+            seen[hit[0]] = hit[1]
+    if not seen:
+        return {}
+    idf, postings = index.idf, index.postings
+    # One sum serves both sides: the matched weight (typos count by their similarity) over the phrase's
+    # total is how much of the phrase the message covers; over the message's total, how much it explains.
+    matched: dict[int, float] = {}
+    for tok, sim in seen.items():
+        w = idf[tok] * sim
+        for i in postings.get(tok, ()):
+            matched[i] = matched.get(i, 0.0) + w
+    inv_query = 1.0 / sum(idf[t] for t in seen)
+    cover_coef, explain_coef, article_of = index.cover_coef, index.explain_coef, index.article_of
+    best: dict[str, tuple[float, int]] = {}
+    for i, m in matched.items():
+        score = m * (cover_coef[i] + explain_coef[i] * inv_query)
+        article_id = article_of[i]
+        prev = best.get(article_id)
+        if prev is None or score > prev[0]:
+            best[article_id] = (score, i)
+    # Only the leaders need their evidence spelt out; the tail is never compared.
+    leaders = sorted(best.items(), key=lambda kv: -kv[1][0])[:MAX_CANDIDATES]
+    out: dict[str, _Candidate] = {}
+    for article_id, (score, i) in leaders:
+        phrase = index.phrases[i]
+        out[article_id] = _Candidate(
+            id=article_id,
+            score=score,
+            text_score=score,
+            explained=frozenset(t for t in phrase.weights if t in seen),
+            phrase_text=phrase.text,
+        )
+    return out
+
+
+def _out_of_scope_markers(norm: str, index: TriageIndex) -> tuple[str, ...]:
+    # Unstemmed words on purpose: "recording" is out of scope, an "SRV record" is not.
+    joined = " " + " ".join(_TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))) + " "
+    return tuple(m.strip() for m in index.out_of_scope if m in joined)
+
+
+def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
+    """Rank the knowledge articles for one message. Deterministic, bounded work, never raises on input."""
+    norm = normalize(text)
+    codes, unknown, hints = _find_codes(norm, index)
+    tokens = content_tokens(norm)
+    candidates = _score_text(tokens, index)
+    markers = _out_of_scope_markers(norm, index)
+
+    for article_id, (score, evidence, pos) in codes.items():
+        cand = candidates.get(article_id) or _Candidate(id=article_id)
+        cand.score = score + 0.01 * min(1.0, cand.text_score)  # text that agrees breaks ties between codes
+        cand.score = min(cand.score, 1.0)
+        cand.evidence, cand.position = evidence, pos
+        candidates[article_id] = cand
+    for article_id in hints:
+        cand = candidates.get(article_id) or _Candidate(id=article_id)
+        if cand.text_score >= CLARIFY_AT:
+            # "whoami failure 605": a bare number the wording agrees with is as good as a written-out code.
+            cand.score, cand.evidence = SCORE_CORROBORATED_NUMBER, "code"
+            codes[article_id] = (cand.score, "code", 1 << 20)
+        else:
+            cand.score, cand.evidence = max(SCORE_BARE_NUMBER, cand.text_score), "number"
+        candidates[article_id] = cand
+    if markers and not codes:
+        for cand in candidates.values():
+            # A verbatim Webex error text outweighs a mention of Slack; a short generic phrase does not.
+            if cand.text_score < EXACT_TEXT or len(cand.explained) < 4:
+                cand.score *= OUT_OF_SCOPE_DAMPING
+
+    ranked = sorted(
+        (c for c in candidates.values() if c.score > MIN_SCORE),
+        key=lambda c: (-round(c.score, 6), c.position, -len(c.explained), index.order.get(c.id, 0)),
+    )
+    outcome = _decide(ranked, codes, index)
+    matches = _to_matches(ranked, outcome, limit)
+    return TriageResult(
+        outcome=outcome,
+        matches=matches,
+        codes=tuple(sorted(codes, key=lambda i: codes[i][2])),
+        unknown_codes=tuple(unknown),
+        out_of_scope=markers,
+    )
+
+
+def _decide(
+    ranked: list[_Candidate], codes: dict[str, tuple[float, Evidence, int]], index: TriageIndex
+) -> Outcome:
+    if not ranked:
+        return "none"
+    top = ranked[0]
+    if top.id in codes:
+        return "fix"  # every code named in the message is answered, best first
+    if top.score < CLARIFY_AT:
+        return "none"
+    rivals = [c for c in ranked[1:] if c.score >= top.score - CLARIFY_BAND]
+    if top.score >= CONFIDENT_AT and all(
+        _dominates(top, r) or _same_evidence(top, r) or _same_family(top.id, r.id, index) for r in rivals
+    ):
+        return "fix"
+    return "clarify"
+
+
+def _same_evidence(a: _Candidate, b: _Candidate) -> bool:
+    # Two codes that share one message text can't be told apart by any wording: answering one and naming
+    # the other beats asking the user a question they cannot answer.
+    return (
+        a.explained == b.explained and abs(a.score - b.score) < 0.02 and min(a.score, b.score) >= CONFIDENT_AT
+    )
+
+
+def _same_family(a: str, b: str, index: TriageIndex) -> bool:
+    """The setup guide and its notes are one document: "which of these?" between them helps no one."""
+    return index.family.get(a, a) == index.family.get(b, b)
+
+
+def _dominates(a: _Candidate, b: _Candidate) -> bool:
+    """a explains strictly more of the message than b, and b explains nothing that a doesn't."""
+    return b.explained < a.explained and a.score > b.score
+
+
+def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple[Match, ...]:
+    # Twins (same evidence) can only be strong text matches, so only those are compared pairwise.
+    strong = [c for c in ranked if c.evidence == "text" and c.score >= CONFIDENT_AT]
+    out: list[Match] = []
+    consumed: set[str] = set()
+    for cand in ranked:
+        if cand.id in consumed:
+            continue
+        related: tuple[str, ...] = ()
+        if len(strong) > 1 and cand in strong:
+            related = tuple(
+                r.id for r in strong if r is not cand and r.id not in consumed and _same_evidence(cand, r)
+            )
+        if outcome != "none":
+            consumed.update(related)
+        out.append(Match(cand.id, round(min(1.0, max(0.0, cand.score)), 4), cand.evidence, related))
+        consumed.add(cand.id)
+        if len(out) >= limit:
+            break
+    return tuple(out)

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real knowledge base and its triage index, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import KnowledgeBase, load_knowledge
+from bot.triage import TriageIndex
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOWLEDGE_DIR = ROOT / "knowledge"
+
+
+@pytest.fixture(scope="session")
+def kb() -> KnowledgeBase:
+    return load_knowledge(KNOWLEDGE_DIR)
+
+
+@pytest.fixture(scope="session")
+def index(kb: KnowledgeBase) -> TriageIndex:
+    return TriageIndex.build(kb)

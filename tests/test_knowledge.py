@@ -1,0 +1,142 @@
+"""The knowledge files: complete against the seed, and broken files fail with file, entry and field."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import KnowledgeBase, KnowledgeError, diff_knowledge, load_knowledge
+
+from .conftest import KNOWLEDGE_DIR, ROOT
+
+SEED = ROOT.parent / "shared" / "seed" / "webex-okta-saml-and-error-codes.txt"
+CONTRACT_IDS = {
+    "okta-saml-setup",
+    "saml-attributes",
+    "saml-backup-url",
+    "sp-initiated-sso",
+    "sso-failed",
+    "cant-sign-in",
+    "blank-screen",
+    "confirmation-pin",
+    "retrieve-credentials",
+    "azure-ad-sso",
+    "secure-meetings",
+}
+
+
+def seed_rows() -> list[tuple[str, str, str]]:
+    """(code, name, message) for every row of the seed's error table."""
+    assert SEED.exists(), f"the seed document is expected at {SEED}"
+    rows = []
+    for line in SEED.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^(\w+) = (\d+) \| (.*?) \|", line)
+        if m:
+            rows.append((f"1000:{m.group(2)}", m.group(1), m.group(3).strip()))
+    return rows
+
+
+def test_every_seed_code_is_in_the_catalogue_verbatim(kb: KnowledgeBase) -> None:
+    rows = seed_rows()
+    assert len(rows) == 36
+    for code, name, message in rows:
+        article = kb.articles[code]
+        assert (article.name, article.message) == (name, message)
+        assert len(article.steps) >= 3, f"{code} needs real fix steps"
+
+
+def test_the_seed_fix_for_1000_1_is_kept(kb: KnowledgeBase) -> None:
+    steps = " ".join(s.text for s in kb.articles["1000:1"].steps)
+    assert "start a new session in the Phone Service settings" in steps
+
+
+def test_contract_ids_exist(kb: KnowledgeBase) -> None:
+    assert kb.articles.keys() >= CONTRACT_IDS
+
+
+def test_setup_guide_has_every_seed_step_in_order(kb: KnowledgeBase) -> None:
+    guide = kb.setup_guide
+    assert guide is not None and guide.id == "okta-saml-setup"
+    text = " ".join(f"{s.title} {s.text}" for s in guide.steps).lower()
+    landmarks = [
+        "admin.webex.com",
+        "authentication",
+        "metadata file",
+        "entityid",
+        "sign on",
+        "advanced sign-on",
+        "organization id",
+        "metadata.xml",
+        "certificate authority",
+        "test sso connection",
+        "pop-up",
+        "enable single sign on",
+    ]
+    positions = [text.find(mark) for mark in landmarks]
+    assert all(p >= 0 for p in positions), dict(zip(landmarks, positions, strict=True))
+    assert positions == sorted(positions), "setup steps are out of order"
+    assert set(guide.notes) >= {"saml-attributes", "saml-backup-url", "sp-initiated-sso"}
+
+
+def test_links_resolve_and_can_be_overridden() -> None:
+    kb = load_knowledge(KNOWLEDGE_DIR, {"helpdesk-portal": "https://it.example.org/help"})
+    assert kb.links["helpdesk-portal"].url == "https://it.example.org/help"
+    assert {"helpdesk-portal", "helpdesk-space", "admin-contact", "control-hub"} <= kb.links.keys()
+
+
+def _copy(tmp_path: Path) -> Path:
+    target = tmp_path / "knowledge"
+    shutil.copytree(KNOWLEDGE_DIR, target)
+    return target
+
+
+def test_broken_field_names_file_entry_and_field(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    errors = folder / "errors.toml"
+    errors.write_text(errors.read_text().replace("admin_needed = false", 'admin_needed = "maybe"', 1))
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    problem = info.value.problems[0]
+    assert problem.file == "errors.toml"
+    assert problem.entry.startswith("error[") and "1000:" in problem.entry
+    assert problem.field == "admin_needed"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    (folder / "links.toml").write_text((folder / "links.toml").read_text() + '\n[[link]]\nid = "x"\n')
+    (folder / "setup.toml").write_text("this is [not toml")
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    files = {p.file for p in info.value.problems}
+    assert {"links.toml", "setup.toml"} <= files
+    assert any(p.field == "title" for p in info.value.problems if p.file == "links.toml")
+
+
+def test_unknown_link_and_misspelt_field_are_errors(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    articles = folder / "articles.toml"
+    text = articles.read_text()
+    text = text.replace('id = "blank-screen"', 'id = "blank-screen"\nsynonyms = ["x"]', 1)
+    articles.write_text(text)
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    assert any(p.entry.endswith("(blank-screen)") and p.field == "synonyms" for p in info.value.problems)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KnowledgeError, match="does not exist"):
+        load_knowledge(tmp_path / "nope")
+
+
+def test_diff_reports_added_removed_changed(tmp_path: Path, kb: KnowledgeBase) -> None:
+    folder = _copy(tmp_path)
+    setup = folder / "setup.toml"
+    setup.write_text(setup.read_text().replace('detail = "', 'detail = "First: ', 1))
+    changed = load_knowledge(folder)
+    diff = diff_knowledge(kb, changed)
+    assert diff.changed == ("okta-saml-setup",) and not diff.added and not diff.removed
+    assert diff_knowledge(kb, kb).empty
