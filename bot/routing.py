@@ -1,0 +1,102 @@
+"""Pure message routing: strip the bot's mention, then decide between help, the setup guide and triage."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from bot.models import Message, Person
+
+# The html of a mention: <spark-mention data-object-type="person" data-object-id="...">Name</spark-mention>.
+# Bounded repeats only: the html is user-controlled.
+_MENTION = re.compile(
+    r"<spark-mention\b[^>]{0,500}?data-object-id=\"([^\"]{1,200})\"[^>]{0,500}>([^<]{0,200})</spark-mention>",
+    re.IGNORECASE,
+)
+_TAG = re.compile(r"<[^>]{0,500}>")
+_SETUP_STEP = re.compile(r"^(?:okta |saml |sso )?(?:setup|set up|configuration|config) step (\d{1,3})$")
+_SETUP = re.compile(
+    r"^(?:(?:okta|saml|sso|okta saml|okta sso)[ -]?)?(?:setup|set up|set-up|configuration|config|guide|setup guide)$"
+)
+
+RouteKind = Literal["empty", "help", "setup", "triage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    text: str
+    step: int = 0  # setup guide: the 0-based step asked for
+
+
+def bare_id(webex_id: str) -> str:
+    """The UUID at the end of a base64 REST id ("ciscospark://us/PEOPLE/<uuid>"); bare UUIDs pass through."""
+    try:
+        padded = webex_id + "=" * (-len(webex_id) % 4)
+        decoded = base64.b64decode(padded, altchars=b"-_", validate=False).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return webex_id
+    return decoded.rsplit("/", 1)[-1] if decoded.startswith("ciscospark://") else webex_id
+
+
+def strip_mention(message: Message, me: Person) -> str:
+    """The message text without the bot's @mention.
+
+    The html names the mention by id (sometimes a bare UUID); without html, fall back to the display name
+    (or first name) at the start of the text.
+    """
+    my_ids = {me.id, bare_id(me.id)}
+    if message.html:
+        found = False
+
+        def drop_mine(m: re.Match[str]) -> str:
+            nonlocal found
+            if m.group(1) in my_ids or bare_id(m.group(1)) in my_ids:
+                found = True
+                return " "
+            return m.group(2)
+
+        stripped = _MENTION.sub(drop_mine, message.html)
+        if found:
+            return " ".join(_unescape(_TAG.sub(" ", stripped)).split())
+    text = message.text.strip()
+    for name in sorted({me.display_name, me.first_name or "", me.nick_name or ""}, key=len, reverse=True):
+        if name and text.casefold().startswith(name.casefold()):
+            return text[len(name) :].lstrip(" ,:")
+    return text
+
+
+def _unescape(html: str) -> str:
+    return (
+        html.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", '"')
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+    )
+
+
+def route(text: str) -> Route:
+    """What kind of answer a message asks for. Everything that isn't a command goes to triage."""
+    command = " ".join(text.casefold().strip(" ?!.").split())
+    if not command:
+        return Route("empty", text)
+    if command in {"help", "/help", "?", "what can you do", "commands", "menu", "hi", "hello", "hey"}:
+        return Route("help", text)
+    step = _SETUP_STEP.match(command)
+    if step:
+        return Route("setup", text, step=max(0, int(step.group(1)) - 1))
+    if _SETUP.match(command):
+        return Route("setup", text)
+    return Route("triage", text)
+
+
+def reply_parent(message: Message) -> str | None:
+    """Where a reply goes: the message's thread in a group space; nowhere (plain) in a direct space."""
+    if message.room_type != "group":
+        return None
+    return message.parent_id or message.id
