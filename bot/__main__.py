@@ -99,6 +99,71 @@ def cmd_knowledge_check(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+
+    log = logging.getLogger("bot")
+    if args.port:
+        settings = settings.model_copy(update={"port": args.port})
+    if not settings.local_mode and settings.webex_webhook_secret is None:
+        if not args.insecure_no_signature:
+            print(
+                "configuration error: WEBEX_WEBHOOK_SECRET is required with WEBEX_ACCESS_TOKEN "
+                "(or pass --insecure-no-signature for a throwaway test)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        log.warning(
+            "!!! --insecure-no-signature: webhook signatures are NOT checked; anyone can post events !!!"
+        )
+    if settings.local_mode:
+        print(
+            f"Local mode (no WEBEX_ACCESS_TOKEN): open http://localhost:{settings.port}/ "
+            "- the same pipeline runs against an in-memory Webex.",
+            flush=True,
+        )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=15.0,
+        print=lambda line: log.info(line.strip()),
+    )
+    return EXIT_OK
+
+
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import registration
+
+    try:
+        if args.webhooks_command == "register":
+            print(registration.format_changes(registration.register_webhooks(settings)))
+        elif args.webhooks_command == "list":
+            print(registration.format_webhooks(registration.list_webhooks(settings)))
+        elif args.webhooks_command == "delete":
+            deleted = registration.delete_webhooks(settings)
+            print(f"deleted {len(deleted)} webhook(s) of ours" + "".join(f"\n  {i}" for i in deleted))
+    except registration.RegistrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import registration
+
+    try:
+        me = registration.whoami(settings)
+    except registration.RegistrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{me.display_name} <{', '.join(me.emails)}> ({me.type})\n{me.id}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helpdesk-bot",
@@ -112,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON: {matches: [{id, score}], confident, ...}"
     )
     ask.set_defaults(func=cmd_ask)
+
+    serve = sub.add_parser("serve", help="run the webhook bot (local mode without WEBEX_ACCESS_TOKEN)")
+    serve.add_argument("--port", type=int, help="override PORT")
+    serve.add_argument(
+        "--insecure-no-signature",
+        action="store_true",
+        help="accept webhooks without a WEBEX_WEBHOOK_SECRET (never in production)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    hooks = sub.add_parser("webhooks", help="manage the bot's Webex webhooks (needs WEBEX_ACCESS_TOKEN)")
+    hsub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    hsub.add_parser("register", help="create or update ours (PUBLIC_URL, WEBEX_WEBHOOK_SECRET); idempotent")
+    hsub.add_parser("list", help="list all webhooks of this token, marking ours")
+    hsub.add_parser("delete", help="delete ours (never anyone else's)")
+    hooks.set_defaults(func=cmd_webhooks)
+    whoami = sub.add_parser("whoami", help="who the token belongs to")
+    whoami.set_defaults(func=cmd_whoami)
 
     knowledge = sub.add_parser("knowledge", help="knowledge files")
     ksub = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")

@@ -9,6 +9,8 @@ import pytest
 from bot.knowledge import KnowledgeBase, load_knowledge
 from bot.triage import TriageIndex
 
+pytest_plugins = ["tests.fakewebex"]
+
 ROOT = Path(__file__).resolve().parents[1]
 KNOWLEDGE_DIR = ROOT / "knowledge"
 

@@ -1,0 +1,180 @@
+"""The composition root: create_app(settings) builds everything; cleanup_ctx owns every lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bot.config import Settings
+from bot.handlers import BotContext, Knowledge, PermanentFailure, handle_event, tell_failure
+from bot.keys import CONTEXT, SESSION, WORKER
+from bot.knowledge import load_knowledge
+from bot.local import LocalWebex
+from bot.metrics import Metrics
+from bot.registration import watch_webhooks
+from bot.store import InboxEvent, Store, StoreUnavailable
+from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
+from bot.webhook import MAX_BODY_BYTES, receive_webhook
+from bot.worker import Worker
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+WEBHOOK_CHECK_SECONDS = 300.0
+LOCAL = web.AppKey("local", LocalWebex)
+
+
+def create_app(settings: Settings, *, worker_options: dict[str, Any] | None = None) -> web.Application:
+    """Build the bot. Nothing touches the network or the disk until the app starts (cleanup_ctx)."""
+    # client_max_size makes aiohttp answer 413 itself for bodies over the limit.
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.cleanup_ctx.append(_context(settings, worker_options or {}))
+    app.router.add_post("/webhooks/webex", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if settings.local_mode:
+        from bot.localroutes import add_local_routes
+
+        add_local_routes(app)
+    return app
+
+
+def _context(settings: Settings, worker_options: dict[str, Any]) -> Any:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
+        store = await Store.open(settings.database_url)
+        metrics = Metrics()
+        session = aiohttp.ClientSession()
+        webex: Any
+        if settings.local_mode:
+            local = LocalWebex()
+            app[LOCAL] = local
+            webex = local
+        else:
+            token = settings.webex_access_token
+            assert token is not None  # local_mode is exactly "no token"
+            webex = WebexClient(
+                session,
+                str(settings.webex_api_url),
+                token.get_secret_value(),
+                on_response=metrics.on_webex_response,
+            )
+        ctx = BotContext(
+            settings=settings, knowledge=Knowledge.build(kb), store=store, webex=webex, metrics=metrics
+        )
+        worker = Worker(
+            store,
+            lambda event: handle_event(event, ctx),
+            on_final_failure=lambda event, exc: tell_failure(event, ctx),
+            is_permanent=_is_permanent,
+            on_failure=lambda event, final: metrics.events_failed.labels(
+                event.resource, "yes" if final else "no"
+            ).inc(),
+            **worker_options,
+        )
+        app[CONTEXT], app[WORKER], app[SESSION] = ctx, worker, session
+        worker.start()
+        background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
+        stop_watching = asyncio.Event()
+        if isinstance(webex, WebexClient) and settings.public_url is not None:
+            # Webex disables a webhook after repeated failures and never re-enables it by itself.
+            background.append(
+                asyncio.create_task(
+                    watch_webhooks(webex, WEBHOOK_CHECK_SECONDS, stop=stop_watching), name="webhooks"
+                )
+            )
+        log.info(
+            "ready: %d articles, database %s, %s",
+            len(kb.articles),
+            store.dialect,
+            "LOCAL mode (no WEBEX_ACCESS_TOKEN)"
+            if settings.local_mode
+            else f"Webex API {settings.webex_api_url}",
+        )
+        try:
+            yield
+        finally:
+            stop_watching.set()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
+            await session.close()
+            await store.close()
+            log.info("stopped cleanly")
+
+    return lifetime
+
+
+async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
+    """GET /people/me until it answers: events wait safely in the inbox meanwhile, and /readyz says so."""
+    delay = 1.0
+    while True:
+        try:
+            ctx.me = await ctx.webex.get_me()
+        except WebexAuthError as exc:
+            log.critical("WEBEX_ACCESS_TOKEN was refused by Webex (%s); fix the token and restart", exc)
+            return
+        except (WebexError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot learn the bot's identity yet, retrying in %.0fs: %s", delay, exc)
+            await asyncio.sleep(delay + random.uniform(0, delay / 2))  # noqa: S311
+            delay = min(delay * 2, 60.0)
+            continue
+        log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
+        worker.ready.set()
+        return
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    # A deleted message or a refused request will not change on retry.
+    return isinstance(exc, PermanentFailure | WebexNotFound) or (
+        isinstance(exc, WebexError)
+        and exc.status is not None
+        and 400 <= exc.status < 500
+        and exc.status != 429
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    counts: dict[str, int] | None
+    try:
+        counts = await ctx.store.inbox_counts()
+    except StoreUnavailable:
+        counts = None
+    checks = {
+        "knowledge": len(ctx.knowledge.kb.articles) > 0,
+        "webex_identity": ctx.me is not None,
+        "database": counts is not None,
+    }
+    body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+    if counts is not None:
+        body["inbox"] = counts
+    if ctx.me is not None:
+        body["bot"] = {"id": ctx.me.id, "name": ctx.me.display_name}
+    return web.json_response(body, status=200 if body["ready"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    with contextlib.suppress(StoreUnavailable):
+        ctx.metrics.inbox_pending.set((await ctx.store.inbox_counts()).get("pending", 0))
+    return web.Response(
+        body=generate_latest(ctx.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+__all__ = ["CONTEXT", "LOCAL", "SESSION", "WORKER", "InboxEvent", "create_app"]

@@ -1,0 +1,12 @@
+"""Typed aiohttp app keys, one per shared resource (kept apart from app.py so views can import them)."""
+
+from __future__ import annotations
+
+from aiohttp import ClientSession, web
+
+from bot.handlers import BotContext
+from bot.worker import Worker
+
+CONTEXT = web.AppKey("context", BotContext)
+WORKER = web.AppKey("worker", Worker)
+SESSION = web.AppKey("session", ClientSession)

@@ -1,0 +1,99 @@
+"""POST /webhooks/webex: verify the signature over the raw bytes, parse, drop what we ignore, persist, ack."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot.keys import CONTEXT, WORKER
+from bot.models import WebhookEnvelope
+from bot.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+HANDLED = {("messages", "created"), ("attachmentActions", "created")}
+
+
+def signature_valid(body: bytes, secret: str, header: str | None) -> bool:
+    """X-Spark-Signature is the hex HMAC-SHA1 of the raw body; compare in constant time."""
+    if not header:
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+    return hmac.compare_digest(expected, header.strip().lower())
+
+
+def _json(code: int, **payload: object) -> web.Response:
+    return web.json_response(payload, status=code)
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    try:
+        return await _receive(request)
+    except Exception:
+        # A bug of ours must not lose the message: 503 makes Webex deliver it again later.
+        log.exception("webhook handling failed unexpectedly; answering 503 so Webex redelivers")
+        return _json(503, error="internal error, retry later")
+    finally:
+        request.app[CONTEXT].metrics.ack_seconds.observe(time.perf_counter() - started)
+
+
+async def _receive(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+    secret = ctx.settings.webex_webhook_secret
+    if secret is not None and not signature_valid(
+        raw, secret.get_secret_value(), request.headers.get("X-Spark-Signature")
+    ):
+        log.warning("webhook from %s refused: bad or missing X-Spark-Signature", request.remote)
+        return _json(401, error="bad or missing X-Spark-Signature")
+    try:
+        payload = json.loads(raw)
+        envelope = WebhookEnvelope.model_validate(payload)
+    except (ValueError, ValidationError) as exc:
+        log.warning("webhook refused: not a webhook envelope (%s)", _short(exc))
+        return _json(400, error="not a Webex webhook envelope")
+    if (envelope.resource, envelope.event) not in HANDLED:
+        ctx.metrics.events_ignored.labels("resource").inc()
+        return _json(200, status="ignored", reason=f"{envelope.resource}/{envelope.event} is not handled")
+    try:
+        data = envelope.message_data() if envelope.resource == "messages" else envelope.action_data()
+    except (ValueError, ValidationError) as exc:
+        log.warning("webhook refused: %s data is malformed (%s)", envelope.resource, _short(exc))
+        return _json(400, error=f"malformed {envelope.resource} data")
+    me = ctx.me
+    if me is not None and data.person_id == me.id:
+        ctx.metrics.events_ignored.labels("self").inc()
+        return _json(200, status="ignored", reason="the bot's own event")
+    email = getattr(data, "person_email", "") or ""
+    if email.casefold().endswith("@webex.bot"):
+        ctx.metrics.events_ignored.labels("bot").inc()
+        return _json(200, status="ignored", reason="another bot")
+    try:
+        new = await ctx.store.enqueue_event(data.id, envelope.resource, payload)
+    except StoreUnavailable as exc:
+        # 503 makes Webex redeliver; a 200 here would lose the message.
+        log.error("webhook for %s not stored, answering 503: %s", data.id, exc)
+        return _json(503, error="storage unavailable, retry later")
+    if not new:
+        ctx.metrics.events_ignored.labels("duplicate").inc()
+        return _json(200, status="duplicate")
+    ctx.metrics.events_received.labels(envelope.resource).inc()
+    request.app[WORKER].notify()
+    return _json(200, status="queued")
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]

@@ -1,0 +1,145 @@
+"""Takes events from the inbox and handles them in tracked tasks, with a bounded retry schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from bot.store import InboxEvent, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Seconds before attempt 2, 3, ...; after the last one the event is dead (kept, with its error).
+RETRY_SCHEDULE: tuple[float, ...] = (2.0, 10.0, 60.0, 300.0)
+
+Handler = Callable[[InboxEvent], Awaitable[None]]
+FinalFailure = Callable[[InboxEvent, BaseException], Awaitable[None]]
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        handle: Handler,
+        *,
+        on_final_failure: FinalFailure | None = None,
+        is_permanent: Callable[[BaseException], bool] = lambda exc: False,
+        concurrency: int = 8,
+        poll_interval: float = 1.0,
+        lease_seconds: float = 120.0,
+        retry_schedule: tuple[float, ...] = RETRY_SCHEDULE,
+        on_failure: Callable[[InboxEvent, bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.handle = handle
+        self.on_final_failure = on_final_failure
+        self.is_permanent = is_permanent
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.retry_schedule = retry_schedule
+        self.on_failure = on_failure
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.ready = asyncio.Event()  # set once the bot knows who it is; until then events wait in the inbox
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="inbox-worker")
+
+    def notify(self) -> None:
+        """A new event is in the inbox: look now rather than at the next poll."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking events, let in-flight ones finish within `grace` seconds, and hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            log.info("waiting up to %.0fs for %d in-flight event(s)", grace, len(self._tasks))
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            released = await self.store.release_worker(self.worker_id)
+            if released:
+                log.info("%d unfinished event(s) returned to the inbox for the next start", released)
+
+    async def _run(self) -> None:
+        await self.ready.wait()
+        while not self._stopping:
+            free = self.concurrency - len(self._tasks)
+            events: list[InboxEvent] = []
+            if free > 0:
+                try:
+                    events = await self.store.claim_events(
+                        self.worker_id, limit=free, lease_seconds=self.lease_seconds
+                    )
+                except StoreUnavailable as exc:
+                    log.warning("inbox unavailable, retrying in %.0fs: %s", self.poll_interval, exc)
+            for event in events:
+                task = asyncio.create_task(self._process(event), name=f"event-{event.event_id[:12]}")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+            if not events or free <= len(events):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # a slot is free
+
+    async def _process(self, event: InboxEvent) -> None:
+        # The one error boundary per event: log with context, keep the error, never crash the worker.
+        try:
+            await self.handle(event)
+        except asyncio.CancelledError:
+            raise  # shutdown: the event stays "working" and release_worker hands it back
+        except Exception as exc:
+            await self._failed(event, exc)
+            return
+        try:
+            await self.store.mark_done(event.event_id)
+        except StoreUnavailable:
+            log.warning("event %s handled but not marked done; the reply id guards a retry", event.event_id)
+
+    async def _failed(self, event: InboxEvent, exc: Exception) -> None:
+        attempt = event.attempts
+        permanent = self.is_permanent(exc)
+        retry_in = (
+            None if permanent or attempt > len(self.retry_schedule) else self.retry_schedule[attempt - 1]
+        )
+        error = f"{type(exc).__name__}: {exc}"
+        if retry_in is None:
+            log.error("event %s failed for good after %d attempt(s): %s", event.event_id, attempt, error)
+        else:
+            log.warning(
+                "event %s failed (attempt %d), retry in %.0fs: %s", event.event_id, attempt, retry_in, error
+            )
+        if self.on_failure is not None:
+            self.on_failure(event, retry_in is None)
+        try:
+            await self.store.mark_failed(event.event_id, error, retry_in=retry_in)
+        except StoreUnavailable:
+            log.warning(
+                "could not record the failure of %s; its lease will expire and it runs again", event.event_id
+            )
+        if retry_in is None and self.on_final_failure is not None:
+            await self.on_final_failure(event, exc)

@@ -1,0 +1,90 @@
+"""An end-to-end harness: the real app (create_app) talking over HTTP to the fake Webex API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.app import create_app
+from bot.config import Settings
+from bot.keys import CONTEXT, WORKER
+from tests.conftest import KNOWLEDGE_DIR
+from tests.fakewebex import FakeWebex, sign
+
+SECRET = "webhook-secret-for-tests"
+FAST_WORKER = {"poll_interval": 0.05, "retry_schedule": (0.05, 0.1, 0.2)}
+
+
+def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "webex_access_token": fake.token,
+        "webex_webhook_secret": SECRET,
+        "webex_api_url": fake.base_url,
+        "database_url": database_url,
+        "knowledge_dir": KNOWLEDGE_DIR,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Bot:
+    """A started app plus the conveniences tests need: signed posts and waiting for replies."""
+
+    def __init__(self, fake: FakeWebex, settings: Settings, worker: dict[str, Any] | None = None) -> None:
+        self.fake = fake
+        self.settings = settings
+        self.app: web.Application = create_app(settings, worker_options=worker or FAST_WORKER)
+        self.client: TestClient[Any, Any] = TestClient(TestServer(self.app))
+
+    async def __aenter__(self) -> Bot:
+        await self.client.start_server()
+        await wait_for(lambda: self.app[CONTEXT].me is not None, what="the bot to learn its identity")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def post(
+        self, envelope: dict[str, Any] | bytes, *, secret: str | None = SECRET, **headers: str
+    ) -> Any:
+        raw = envelope if isinstance(envelope, bytes) else json.dumps(envelope).encode()
+        if secret is not None:
+            headers.setdefault("X-Spark-Signature", sign(raw, secret))
+        return await self.client.post(
+            "/webhooks/webex", data=raw, headers={"Content-Type": "application/json", **headers}
+        )
+
+    async def idle(self) -> None:
+        """Wait until the worker has nothing in flight and nothing is pending."""
+        store = self.app[CONTEXT].store
+
+        async def settled() -> bool:
+            counts = await store.inbox_counts()
+            return self.app[WORKER].in_flight == 0 and not counts.get("pending") and not counts.get("working")
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if await settled():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"worker did not settle: {await store.inbox_counts()}")
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def db_url(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'bot.db'}"
