@@ -1,0 +1,426 @@
+"""The store on both backends: SQLite in a temp dir and the real PostgreSQL on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.store import InboxEvent, Store, StoreUnavailable, async_url, migrate, triage
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+class Clock:
+    """An injectable clock that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        # Not UTC on purpose: the store must normalise whatever zone it is handed.
+        self.current = datetime(2025, 3, 1, 9, 0, tzinfo=timezone(timedelta(hours=2)))
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+@asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A new, empty database for one test; dropped afterwards, whatever happened."""
+    try:
+        admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test", timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as user postgres ({exc!r}). The store tests need "
+            "it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        )
+    name = f"test_store_{secrets.token_hex(6)}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bot.db'}"
+        return
+    async with fresh_pg_database() as name:
+        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(db_url: str, clock: Clock) -> AsyncIterator[Store]:
+    opened = await Store.open(db_url, now=clock)
+    yield opened
+    await opened.close()
+
+
+async def fetch_all(url: str, statement: Any) -> list[Any]:
+    """Look at the database behind the store's back."""
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(statement)).all())
+    finally:
+        await engine.dispose()
+
+
+async def enqueue(store: Store, *event_ids: str) -> None:
+    for event_id in event_ids:
+        assert await store.enqueue_event(event_id, "messages", {"data": {"id": event_id}})
+
+
+def ids(events: list[InboxEvent]) -> list[str]:
+    return [event.event_id for event in events]
+
+
+# --- opening ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("sqlite:///./helpdesk-bot.db", "sqlite+aiosqlite:///./helpdesk-bot.db"),
+        ("sqlite:////var/lib/bot/bot.db", "sqlite+aiosqlite:////var/lib/bot/bot.db"),
+        ("postgresql://bot:pw@db:5433/helpdesk", "postgresql+asyncpg://bot:pw@db:5433/helpdesk"),
+        ("postgres://bot@db/helpdesk", "postgresql+asyncpg://bot@db/helpdesk"),
+        ("postgresql+asyncpg://bot@db/helpdesk", "postgresql+asyncpg://bot@db/helpdesk"),
+    ],
+)
+def test_urls_map_to_the_async_drivers(given: str, expected: str) -> None:
+    assert async_url(given).render_as_string(hide_password=False) == expected
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "mysql://bot@db/helpdesk"])
+def test_unusable_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match=r"SQLite needs a file|unsupported"):
+        async_url(url)
+
+
+async def test_dialect_follows_the_url(store: Store, db_url: str) -> None:
+    assert store.dialect == db_url.split(":", 1)[0]
+    assert await store.ping() is True
+
+
+async def test_concurrent_and_repeated_opens_leave_one_version_row(db_url: str, clock: Clock) -> None:
+    # Replicas starting together on a new database race to create it.
+    for opened in await asyncio.gather(*(Store.open(db_url, now=clock) for _ in range(3))):
+        await opened.close()
+    third = await Store.open(db_url, now=clock)
+    await third.close()
+    assert await fetch_all(db_url, text("SELECT version FROM schema_version")) == [(1,)]
+
+
+async def test_upgrade_loop_applies_each_new_version_once(db_url: str, clock: Clock) -> None:
+    await (await Store.open(db_url, now=clock)).close()
+    version_2 = [["ALTER TABLE feedback ADD COLUMN comment TEXT"]]
+    engine = create_async_engine(async_url(db_url))
+    try:
+        # The second pass must not re-run the ALTER: it would fail on the duplicate column.
+        for _ in range(2):
+            async with engine.begin() as conn:
+                assert await migrate(conn, version_2) == 2
+        async with engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version FROM schema_version ORDER BY 1"))).scalars()
+            assert list(versions) == [1, 2]
+            await conn.execute(text("SELECT comment FROM feedback"))
+    finally:
+        await engine.dispose()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        await Store.open(db_url, now=clock)
+
+
+async def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    store = await Store.open(f"sqlite:///{path}")
+    try:
+        await enqueue(store, "e1")
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        await store.close()
+
+
+# --- inbox -----------------------------------------------------------------------------------------------------
+
+
+async def test_enqueue_dedupes_across_a_restart(db_url: str, clock: Clock) -> None:
+    payload = {"id": "hook", "resource": "messages", "data": {"id": "m1", "roomId": "r"}, "n": [1, 2.5, None]}
+    store = await Store.open(db_url, now=clock)
+    assert await store.enqueue_event("m1", "messages", payload) is True
+    assert await store.enqueue_event("m1", "messages", {"other": True}) is False
+    await store.close()
+
+    store = await Store.open(db_url, now=clock)
+    try:
+        assert await store.enqueue_event("m1", "messages", payload) is False
+        event = await store.get_event("m1")
+        assert event is not None
+        assert (event.payload, event.status, event.attempts) == (payload, "pending", 0)
+        assert event.resource == "messages"
+        assert event.received_at == clock() == event.next_attempt_at
+        assert event.received_at.tzinfo == UTC
+        assert await store.get_event("nope") is None
+    finally:
+        await store.close()
+
+
+async def test_claims_oldest_first_up_to_the_limit(store: Store, clock: Clock) -> None:
+    await enqueue(store, "z", "y")  # same instant: arrival order breaks the tie
+    clock.advance(1)
+    await enqueue(store, "a")
+    assert await store.claim_events("w1", limit=0) == []
+    first = await store.claim_events("w1", limit=2)
+    assert ids(first) == ["z", "y"]
+    assert all(e.status == "working" and e.attempts == 1 for e in first)
+    assert ids(await store.claim_events("w1", limit=2)) == ["a"]
+    assert await store.claim_events("w1") == []
+
+
+async def test_concurrent_claims_across_two_replicas_never_overlap(db_url: str, clock: Clock) -> None:
+    replica_a = await Store.open(db_url, now=clock)
+    replica_b = await Store.open(db_url, now=clock)
+    try:
+        await enqueue(replica_a, *(f"e{i:02}" for i in range(60)))
+        batches = await asyncio.gather(
+            *(replica.claim_events(f"w{n}", limit=4) for n in range(10) for replica in (replica_a, replica_b))
+        )
+        claimed = [event_id for batch in batches for event_id in ids(batch)]
+        assert len(claimed) == len(set(claimed)), "an event was handed to two workers"
+        while batch := await replica_b.claim_events("drain", limit=7):
+            claimed += ids(batch)
+        assert sorted(claimed) == [f"e{i:02}" for i in range(60)]
+        assert (await replica_a.inbox_counts())["working"] == 60
+        stored = [await replica_a.get_event(event_id) for event_id in claimed]
+        assert all(event is not None and event.attempts == 1 for event in stored)
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+
+
+async def test_expired_lease_returns_a_crashed_workers_event(store: Store, clock: Clock) -> None:
+    await enqueue(store, "e1")
+    assert ids(await store.claim_events("w1", lease_seconds=30)) == ["e1"]
+    clock.advance(29.9)
+    assert await store.claim_events("w2") == []
+    clock.advance(0.2)
+    [again] = await store.claim_events("w2", lease_seconds=30)
+    assert (again.event_id, again.status, again.attempts) == ("e1", "working", 2)
+    assert await store.release_worker("w1") == 0  # the crashed worker no longer holds it
+    assert await store.release_worker("w2") == 1
+
+
+async def test_failed_event_waits_for_its_retry_and_dead_is_final(store: Store, clock: Clock) -> None:
+    await enqueue(store, "e1")
+    await store.claim_events("w1")
+    await store.mark_failed("e1", "Webex said 502", retry_in=120)
+    failed = await store.get_event("e1")
+    assert failed is not None
+    assert (failed.status, failed.last_error, failed.attempts) == ("failed", "Webex said 502", 1)
+    assert failed.next_attempt_at == clock() + timedelta(seconds=120)
+
+    clock.advance(119)
+    assert await store.claim_events("w1") == []
+    clock.advance(1)
+    [retried] = await store.claim_events("w1")
+    assert (retried.event_id, retried.attempts, retried.last_error) == ("e1", 2, "Webex said 502")
+
+    await store.mark_failed("e1", "x" * 5000, retry_in=None)
+    clock.advance(86400 * 30)
+    assert await store.claim_events("w1") == []
+    dead = await store.get_event("e1")
+    assert dead is not None
+    assert dead.status == "dead"
+    assert dead.last_error == "x" * 2000
+    assert await store.inbox_counts() == {"pending": 0, "working": 0, "done": 0, "failed": 0, "dead": 1}
+
+
+async def test_reply_is_recorded_and_done_is_never_claimed_again(store: Store, clock: Clock) -> None:
+    await enqueue(store, "e1")
+    await store.claim_events("w1", lease_seconds=10)
+    await store.record_reply("e1", "reply-1")
+    event = await store.get_event("e1")
+    assert event is not None
+    assert (event.reply_message_id, event.status) == ("reply-1", "working")
+    await store.mark_done("e1")
+    clock.advance(3600)  # long past the lease
+    assert await store.claim_events("w2") == []
+    done = await store.get_event("e1")
+    assert done is not None
+    assert (done.status, done.reply_message_id) == ("done", "reply-1")
+
+
+async def test_release_worker_hands_back_only_its_own_events(store: Store) -> None:
+    await enqueue(store, "e1", "e2", "e3")
+    assert ids(await store.claim_events("w1", limit=2)) == ["e1", "e2"]
+    assert ids(await store.claim_events("w2")) == ["e3"]
+    assert await store.release_worker("w1") == 2
+    assert await store.inbox_counts() == {"pending": 2, "working": 1, "done": 0, "failed": 0, "dead": 0}
+    released = await store.claim_events("w3")  # at once, with the interrupted attempt given back
+    assert [(e.event_id, e.attempts) for e in released] == [("e1", 1), ("e2", 1)]
+
+
+async def test_updates_to_unknown_events_raise(store: Store) -> None:
+    with pytest.raises(KeyError):
+        await store.mark_done("ghost")
+    with pytest.raises(KeyError):
+        await store.mark_failed("ghost", "boom", retry_in=1)
+    with pytest.raises(KeyError):
+        await store.record_reply("ghost", "r")
+
+
+async def test_naive_clock_is_refused(db_url: str) -> None:
+    store = await Store.open(db_url, now=lambda: datetime(2025, 1, 1))
+    try:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await store.enqueue_event("e1", "messages", {})
+    finally:
+        await store.close()
+
+
+# --- conversation facts ----------------------------------------------------------------------------------------
+
+
+async def test_triage_is_recorded_once_per_event(store: Store, db_url: str) -> None:
+    facts: dict[str, Any] = {
+        "person_id": "p1",
+        "person_email": "ann@example.com",
+        "room_id": "r1",
+        "outcome": "matched",
+        "top_id": "err-1000-1002",
+        "score": 91.5,
+        "codes": ["1000:1002"],
+    }
+    await store.record_triage(event_id="m1", text="Error 1000:1002", **facts)
+    await store.record_triage(event_id="m1", text="redelivered", **facts)
+    rows = await fetch_all(db_url, select(triage.c.event_id, triage.c.text, triage.c.codes, triage.c.score))
+    assert rows == [("m1", "Error 1000:1002", ["1000:1002"], 91.5)]
+
+
+async def test_feedback_counts_once_per_action(store: Store, clock: Clock) -> None:
+    vote = {"person_id": "p1", "article_id": "a1", "thread_id": "t1"}
+    assert await store.record_feedback(action_id="act1", helpful=True, **vote) is True
+    redelivered = await store.record_feedback(action_id="act1", helpful=False, **vote)
+    assert redelivered is False
+    clock.advance(3600)
+    assert await store.record_feedback(action_id="act2", helpful=False, **vote) is True
+    assert await store.feedback_counts() == {"helpful": 1, "not_helpful": 1}
+    recent = await store.feedback_counts(since=clock() - timedelta(minutes=1))
+    assert recent == {"helpful": 0, "not_helpful": 1}
+
+
+# --- availability ----------------------------------------------------------------------------------------------
+
+
+async def test_closed_port_is_store_unavailable_without_leaking_the_password() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1/") as caught:
+        await Store.open("postgresql://postgres:hunter2@127.0.0.1:1/x")
+    assert time.monotonic() - started < 5
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_unopenable_sqlite_file_is_store_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        await Store.open(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'bot.db'}")
+    # aiosqlite stops a connection that failed to open through a future nobody awaits: let its thread finish
+    # before this test's event loop closes, or the thread reports "Event loop is closed".
+    for _ in range(200):
+        if not any("_connection_worker_thread" in thread.name for thread in threading.enumerate()):
+            break
+        await asyncio.sleep(0.01)
+
+
+async def terminate_connections(database: str) -> None:
+    admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", database
+        )
+        assert killed >= 1
+    finally:
+        await admin.close()
+
+
+class TcpProxy:
+    """A loopback forwarder to PostgreSQL that the test can cut and restore, like a database restart."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for writer in self._writers:
+            writer.transport.abort()
+
+    async def _forward(self, client: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream, upstream_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
+        self._writers |= {client_writer, upstream_writer}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pipe(client, upstream_writer), pipe(upstream, client_writer))
+        self._writers -= {client_writer, upstream_writer}
+
+
+async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Clock) -> None:
+    proxy = TcpProxy()
+    await proxy.start()
+    async with fresh_pg_database() as name:
+        store = await Store.open(f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}", now=clock)
+        try:
+            await enqueue(store, "before")
+            await terminate_connections(name)  # a server restart: the pooled connection is dead
+            await enqueue(store, "after restart")  # pre-ping noticed and reconnected
+            await proxy.stop()  # now the database is gone and refuses new connections
+            with pytest.raises(StoreUnavailable, match="unavailable") as caught:
+                await store.enqueue_event("during", "messages", {})
+            assert "ConnectionRefusedError" in str(caught.value)
+            assert await store.ping() is False
+            await proxy.start()
+            assert await store.ping() is True
+            await enqueue(store, "after")
+            assert ids(await store.claim_events("w1")) == ["before", "after restart", "after"]
+        finally:
+            await store.close()
+            await proxy.stop()
