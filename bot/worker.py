@@ -94,6 +94,10 @@ class Worker:
                 except StoreUnavailable as exc:
                     log.warning("inbox unavailable, retrying in %.0fs: %s", self.poll_interval, exc)
             for event in events:
+                if event.attempts > len(self.retry_schedule) + 1:
+                    # Only a crash mid-event gets here (a lease that ran out again and again): stop the loop.
+                    await self._poison(event)
+                    continue
                 task = asyncio.create_task(self._process(event), name=f"event-{event.event_id[:12]}")
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
@@ -101,6 +105,11 @@ class Worker:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def _poison(self, event: InboxEvent) -> None:
+        log.error("event %s abandoned after %d attempts that never finished", event.event_id, event.attempts)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.mark_failed(event.event_id, "abandoned: attempts never finished", retry_in=None)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -226,19 +225,31 @@ async def test_clarify_choice_shows_the_article(
 async def test_slow_webex_does_not_slow_the_ack(
     fake_webex: FakeWebex, people: dict[str, Any], tmp_path: Path
 ) -> None:
+    # Webex stalls every message fetch for 2 s; the acks must not wait for it. Asserted by order of events,
+    # not by a stopwatch (latency numbers live in bench/).
     fake_webex.delay("GET", "/messages/", 2.0)
     async with Bot(fake_webex, make_settings(fake_webex, db_url(tmp_path))) as bot:
-        timings = []
         for n in range(20):
             msg = fake_webex.add_message(people["direct"]["id"], people["alice"], f"Error: 1000:1002 #{n}")
-            start = time.perf_counter()
             resp = await bot.post(fake_webex.message_created_envelope(msg))
-            timings.append(time.perf_counter() - start)
             assert resp.status == 200
-        timings.sort()
-        # The acks never wait for Webex: p99 of 20 is the slowest one.
-        assert timings[-1] < 0.25, timings[-3:]
+        assert fake_webex.posted_messages == [], "every ack came back while Webex was still stalled"
         await wait_for(lambda: len(fake_webex.posted_messages) == 20, timeout=20, what="all replies")
+
+
+async def test_final_failure_tells_the_user(
+    fake_webex: FakeWebex, people: dict[str, Any], tmp_path: Path
+) -> None:
+    # The message vanished (404): retrying can't help, but the person still hears something honest.
+    fake_webex.fail_next("GET", "/messages/", status=404)
+    async with Bot(fake_webex, make_settings(fake_webex, db_url(tmp_path))) as bot:
+        msg = fake_webex.add_message(people["direct"]["id"], people["alice"], "Error: 1000:1002")
+        await bot.post(fake_webex.message_created_envelope(msg))
+        await wait_for(lambda: len(fake_webex.posted_messages) == 1, what="the apology")
+        assert "couldn't answer" in fake_webex.posted_messages[0]["markdown"]
+        await bot.idle()
+        event = await bot.app[CONTEXT].store.get_event(msg["id"])
+        assert event is not None and event.status == "dead" and "404" in (event.last_error or "")
 
 
 async def test_429_then_success_replies_once(
