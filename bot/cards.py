@@ -8,7 +8,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -16,6 +16,7 @@ from bot.cardmodels import (
     MAX_ACTIONS,
     Action,
     ActionOpenUrl,
+    ActionShowCard,
     ActionSubmit,
     AdaptiveCard,
     Container,
@@ -23,6 +24,7 @@ from bot.cardmodels import (
     Element,
     Fact,
     FactSet,
+    InputText,
     TextBlock,
 )
 from bot.knowledge import Article, KnowledgeBase, Link, Step
@@ -43,7 +45,10 @@ BUTTON_CHARS = 40  # longer button titles get cut off by Webex clients anyway
 URL_BUTTONS = 2  # link buttons on an answer; the rest go into a text line
 CLARIFY_CHOICES = 3
 MAX_SUBMIT_KEYS = 20
+MAX_NOTE_CHARS = 1000
 
+CONTACT_HELPDESK = "Contact the helpdesk"
+SEND_TO_HELPDESK = "Send to the helpdesk"
 ADMIN_NOTE = "This one needs your Webex administrator. The steps say what to tell them."
 
 
@@ -161,8 +166,79 @@ class SetupPageData(_Payload):
     thread_id: ThreadId
 
 
-# A new verb (e.g. escalate) is one more model here.
-SubmitData = Annotated[FeedbackData | ShowData | SetupPageData, Field(discriminator="verb")]
+TicketNumber = Annotated[str, Field(pattern=r"^HD-\d{1,9}$")]
+# Input.Text values arrive merged into the submit; the card's maxLength keeps honest clients inside these.
+NoteText = Annotated[str, Field(max_length=MAX_NOTE_CHARS)]
+
+
+class EscalateData(_Payload):
+    """ "Contact the helpdesk": asks for an optional note before anything is filed."""
+
+    verb: Literal["escalate"] = "escalate"
+    thread_id: ThreadId
+    article_id: ArticleRef | None = None
+    origin_id: ThreadId | None = None  # the message that was triaged
+
+
+class FileTicketData(_Payload):
+    verb: Literal["file_ticket"] = "file_ticket"
+    thread_id: ThreadId
+    article_id: ArticleRef | None = None
+    origin_id: ThreadId | None = None
+    note: NoteText = ""
+
+
+class ClaimData(_Payload):
+    verb: Literal["claim"] = "claim"
+    number: TicketNumber
+
+
+class ResolveData(_Payload):
+    verb: Literal["resolve"] = "resolve"
+    number: TicketNumber
+    resolution: NoteText = ""
+
+
+class AskInfoData(_Payload):
+    verb: Literal["ask_info"] = "ask_info"
+    number: TicketNumber
+    question: Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
+
+
+class AnswerInfoData(_Payload):
+    verb: Literal["answer_info"] = "answer_info"
+    number: TicketNumber
+    thread_id: ThreadId
+    answer: Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
+
+
+class TicketFixedData(_Payload):
+    verb: Literal["ticket_fixed"] = "ticket_fixed"
+    number: TicketNumber
+    thread_id: ThreadId
+    fixed: JsonBool
+
+
+class CancelTicketData(_Payload):
+    verb: Literal["cancel_ticket"] = "cancel_ticket"
+    number: TicketNumber
+    thread_id: ThreadId
+
+
+SubmitData = Annotated[
+    FeedbackData
+    | ShowData
+    | SetupPageData
+    | EscalateData
+    | FileTicketData
+    | ClaimData
+    | ResolveData
+    | AskInfoData
+    | AnswerInfoData
+    | TicketFixedData
+    | CancelTicketData,
+    Field(discriminator="verb"),
+]
 _SUBMIT: TypeAdapter[SubmitData] = TypeAdapter(SubmitData)
 
 
@@ -411,7 +487,12 @@ def _article_section(d: _Draft, article: Article) -> None:
 
 
 def _answer(
-    article: Article, kb: KnowledgeBase, thread_id: str, related: Sequence[str], others: Sequence[Article]
+    article: Article,
+    kb: KnowledgeBase,
+    thread_id: str,
+    related: Sequence[str],
+    others: Sequence[Article],
+    origin_id: str | None = None,
 ) -> OutgoingMessage:
     links = kb.resolve_links(article.links)
 
@@ -431,6 +512,10 @@ def _answer(
             positive=True,
         )
         d.submit("No, still stuck", FeedbackData(article_id=article.id, helpful=False, thread_id=thread_id))
+        d.submit(
+            CONTACT_HELPDESK,
+            EscalateData(thread_id=thread_id, article_id=article.id, origin_id=origin_id),
+        )
         d.links(links, buttons=URL_BUTTONS)
         for other in others:
             d.submit(f"Show {other.code or shorten(other.title, BUTTON_CHARS - 5)}", _show(other, thread_id))
@@ -443,18 +528,20 @@ def _show(article: Article, thread_id: str) -> ShowData:
     return ShowData(article_id=article.id, thread_id=thread_id)
 
 
-def fix_card(result: TriageResult, kb: KnowledgeBase, thread_id: str) -> OutgoingMessage:
+def fix_card(
+    result: TriageResult, kb: KnowledgeBase, thread_id: str, origin_id: str | None = None
+) -> OutgoingMessage:
     """The best match in full; other codes the message named listed briefly with a button each."""
     known = [m for m in result.matches if m.id in kb.articles]
     if not known:
-        return not_sure_card("", kb, thread_id, result.unknown_codes)
+        return not_sure_card("", kb, thread_id, result.unknown_codes, origin_id=origin_id)
     best = known[0]
     article = kb.articles[best.id]
     if article.kind == "setup-guide":
         return setup_guide_card(kb, 0, thread_id)
     others = [kb.articles[c] for c in result.codes if c != best.id and c in kb.articles]
     related = [kb.articles[r].code or r for r in best.related if r in kb.articles]
-    return _answer(article, kb, thread_id, related, others)
+    return _answer(article, kb, thread_id, related, others, origin_id)
 
 
 def article_card(article: Article, kb: KnowledgeBase, thread_id: str) -> OutgoingMessage:
@@ -464,12 +551,13 @@ def article_card(article: Article, kb: KnowledgeBase, thread_id: str) -> Outgoin
     return _answer(article, kb, thread_id, (), ())
 
 
-def clarify_card(result: TriageResult, kb: KnowledgeBase, thread_id: str) -> OutgoingMessage:
+def clarify_card(
+    result: TriageResult, kb: KnowledgeBase, thread_id: str, origin_id: str | None = None
+) -> OutgoingMessage:
     """ "Which of these is it?" with the top candidates as buttons and a way out to the helpdesk."""
     candidates = [kb.articles[m.id] for m in result.matches if m.id in kb.articles][:CLARIFY_CHOICES]
     if not candidates:
-        return not_sure_card("", kb, thread_id, result.unknown_codes)
-    helpdesk = _helpdesk(kb)
+        return not_sure_card("", kb, thread_id, result.unknown_codes, origin_id=origin_id)
 
     def compose(budget: _Budget) -> OutgoingMessage:
         d = _Draft(budget)
@@ -480,23 +568,28 @@ def clarify_card(result: TriageResult, kb: KnowledgeBase, thread_id: str) -> Out
             d.body.append(TextBlock(text=summary, wrap=True, is_subtle=True, spacing="none"))
             d.paragraphs.append(f"- **{label}**: {summary}")
             d.submit(article.code or article.title, _show(article, thread_id))
-        d.para("If none of these fits, reply with the exact error text or code.", subtle=True, clip=False)
-        if helpdesk is not None:
-            d.actions.append(ActionOpenUrl(title="None of these", url=helpdesk.url))
-            d.paragraphs.append(f"None of these? [{helpdesk.title}]({helpdesk.url})")
+        d.para(
+            "If none of these fits, reply with the exact error text or code, or ask a person.",
+            subtle=True,
+            clip=False,
+        )
+        d.submit(
+            "None of these: contact the helpdesk", EscalateData(thread_id=thread_id, origin_id=origin_id)
+        )
         return d.message()
 
     return _fit(compose)
 
 
 def not_sure_card(
-    text_excerpt: str, kb: KnowledgeBase, thread_id: str, unknown_codes: Sequence[str] = ()
+    text_excerpt: str,
+    kb: KnowledgeBase,
+    thread_id: str,
+    unknown_codes: Sequence[str] = (),
+    *,
+    origin_id: str | None = None,
 ) -> OutgoingMessage:
-    """An honest "I'm not sure", how to ask again, and the helpdesk.
-
-    `thread_id` is unused today; it is taken so that a "talk to a person" button can join without
-    changing every caller.
-    """
+    """An honest "I'm not sure", how to ask again, and a way to a person."""
     excerpt = escape_user_text(text_excerpt, EXCERPT_CHARS)
     codes = [c for c in (escape_user_text(code, 20) for code in unknown_codes[:3]) if c]
     helpdesk = _helpdesk(kb)
@@ -517,9 +610,10 @@ def not_sure_card(
                 "Send “help” to see what I can do.",
             ]
         )
+        d.para("Or hand it to a person: the helpdesk gets what you wrote and what I found.", clip=False)
+        d.submit(CONTACT_HELPDESK, EscalateData(thread_id=thread_id, origin_id=origin_id), positive=True)
         if helpdesk is not None:
-            d.para(f"Or ask a person: [{helpdesk.title}]({helpdesk.url})", clip=False)
-            d.actions.append(ActionOpenUrl(title="Contact the helpdesk", url=helpdesk.url))
+            d.links([helpdesk], buttons=1)
         return d.message()
 
     return _fit(compose)
@@ -607,13 +701,15 @@ def setup_guide_card(kb: KnowledgeBase, page: int, thread_id: str, page_size: in
     return _fit(compose)
 
 
-def build(result: TriageResult, kb: KnowledgeBase, thread_id: str, text: str) -> OutgoingMessage:
+def build(
+    result: TriageResult, kb: KnowledgeBase, thread_id: str, text: str, origin_id: str | None = None
+) -> OutgoingMessage:
     """The reply to a triaged message: a fix, a question, or an honest "not sure"."""
     if result.outcome == "fix":
-        return fix_card(result, kb, thread_id)
+        return fix_card(result, kb, thread_id, origin_id)
     if result.outcome == "clarify":
-        return clarify_card(result, kb, thread_id)
-    return not_sure_card(text, kb, thread_id, result.unknown_codes)
+        return clarify_card(result, kb, thread_id, origin_id)
+    return not_sure_card(text, kb, thread_id, result.unknown_codes, origin_id=origin_id)
 
 
 def feedback_ack(helpful: bool, kb: KnowledgeBase) -> OutgoingMessage:
@@ -636,3 +732,204 @@ def error_message() -> OutgoingMessage:
     return text_message(
         "Sorry, something went wrong on my side. Your message is saved and I'll try again shortly."
     )
+
+
+# --- Tickets ---------------------------------------------------------------------------------------
+
+
+class TicketView(Protocol):
+    """What the ticket cards read; the store's Ticket has these (kept as a protocol so cards stay pure)."""
+
+    number: str
+    status: str
+    requester_name: str
+    requester_email: str
+    original_text: str
+    codes: list[str]
+    articles: list[str]
+    steps_suggested: list[str]
+    note: str | None
+    transcript: list[dict[str, str]]
+    assignee_name: str | None
+    resolution: str | None
+
+
+TRANSCRIPT_LINES = 6
+
+
+def _user(text: str | None, limit: int = EXCERPT_CHARS) -> str:
+    return escape_user_text(text or "", limit)
+
+
+def escalation_card(thread_id: str, article_id: str | None, origin_id: str | None) -> OutgoingMessage:
+    """Before filing: an optional one-line note, so the helpdesk does not have to ask first."""
+    d = _Draft(_BUDGETS[0])
+    d.heading("Hand this to the helpdesk?")
+    d.para(
+        "I'll send the helpdesk what you wrote, what I found and what I suggested. "
+        "Anything to add, like what you have already tried? (optional)",
+        clip=False,
+    )
+    d.body.append(
+        InputText(
+            id="note",
+            placeholder="What have you tried? (optional)",
+            max_length=MAX_NOTE_CHARS,
+            is_multiline=True,
+        )
+    )
+    # The note arrives from the "note" input, merged into this data by the client.
+    data = FileTicketData(thread_id=thread_id, article_id=article_id, origin_id=origin_id).to_data()
+    data.pop("note")
+    d.actions.append(ActionSubmit(title=SEND_TO_HELPDESK, style="positive", data=data))
+    return d.message(footer="Use the card to add a note and send it to the helpdesk.")
+
+
+def ticket_card(ticket: TicketView, kb: KnowledgeBase) -> OutgoingMessage:
+    """The helpdesk's view: who, what, the codes, what was tried, the note and the conversation."""
+    tried = [kb.articles[a].title for a in ticket.articles if a in kb.articles]
+
+    def compose(budget: _Budget) -> OutgoingMessage:
+        d = _Draft(budget)
+        d.heading(f"{ticket.number}: {_user(ticket.original_text, 80) or 'help requested'}")
+        facts = [
+            (
+                "Status",
+                ticket.status + (f" ({_user(ticket.assignee_name, 60)})" if ticket.assignee_name else ""),
+            ),
+            ("Who", f"{_user(ticket.requester_name, 80)} ({_user(ticket.requester_email, 120)})"),
+        ]
+        if ticket.codes:
+            facts.append(("Codes", ", ".join(_user(c, 20) for c in ticket.codes[: budget.items])))
+        if tried:
+            facts.append(("Bot suggested", "; ".join(tried[: budget.items])))
+        facts.append(("Note", _user(ticket.note, 500) or "(none)"))
+        d.facts(facts)
+        d.subheading("Their message")
+        d.para(_user(ticket.original_text, 600) or "(no message)")
+        if ticket.steps_suggested:
+            d.subheading("Steps the bot already gave")
+            d.bullets([_user(step, 300) for step in ticket.steps_suggested], noun="step")
+        lines = [f"{_user(t.get('who'), 40)}: {_user(t.get('text'), 200)}" for t in ticket.transcript]
+        if lines:
+            d.subheading("Conversation")
+            d.bullets(lines[-min(TRANSCRIPT_LINES, budget.items) :], noun="line")
+        d.submit("Claim", ClaimData(number=ticket.number), positive=True)
+        d.actions.append(
+            ActionShowCard(
+                title="Resolve",
+                card=AdaptiveCard(
+                    body=(
+                        InputText(
+                            id="resolution",
+                            placeholder="What fixed it? (sent to the requester)",
+                            is_multiline=True,
+                            max_length=MAX_NOTE_CHARS,
+                        ),
+                    ),
+                    actions=(
+                        ActionSubmit(title="Resolve", data={"verb": "resolve", "number": ticket.number}),
+                    ),
+                ),
+            )
+        )
+        d.actions.append(
+            ActionShowCard(
+                title="Ask for info",
+                card=AdaptiveCard(
+                    body=(
+                        InputText(
+                            id="question",
+                            placeholder="Your question for the requester",
+                            is_multiline=True,
+                            max_length=MAX_NOTE_CHARS,
+                        ),
+                    ),
+                    actions=(
+                        ActionSubmit(
+                            title="Send question",
+                            data={"verb": "ask_info", "number": ticket.number},
+                        ),
+                    ),
+                ),
+            )
+        )
+        return d.message(footer="Claim, resolve or ask for info with the buttons on the card.")
+
+    return _fit(compose)
+
+
+def ticket_filed_card(ticket: TicketView, thread_id: str, helpdesk_reachable: bool) -> OutgoingMessage:
+    """The requester's confirmation, with the number and a way to take it back."""
+    d = _Draft(_BUDGETS[0])
+    d.heading(f"Ticket {ticket.number} is open")
+    if helpdesk_reachable:
+        d.para("The helpdesk has your message and what I found. They will answer in this thread.", clip=False)
+    else:
+        d.para(
+            "I saved your ticket, but no helpdesk space is configured, so please also contact the helpdesk "
+            f"directly and mention {ticket.number}.",
+            clip=False,
+        )
+    d.para("Send “my tickets” to see your tickets.", subtle=True, clip=False)
+    d.submit("Cancel ticket", CancelTicketData(number=ticket.number, thread_id=thread_id))
+    return d.message()
+
+
+def info_request_card(ticket: TicketView, asker: str, question: str, thread_id: str) -> OutgoingMessage:
+    d = _Draft(_BUDGETS[0])
+    d.heading(f"{_user(asker, 60)} from the helpdesk asks about {ticket.number}")
+    d.para(f"“{_user(question, 800)}”", clip=False)
+    d.body.append(
+        InputText(id="answer", placeholder="Your answer", is_multiline=True, max_length=MAX_NOTE_CHARS)
+    )
+    d.submit(
+        "Send answer", AnswerInfoData(number=ticket.number, thread_id=thread_id, answer="-"), positive=True
+    )
+    # The answer comes from the input; the "-" above only satisfies the model and is overwritten by it.
+    return d.message(footer="Answer with the card, or reply here.")
+
+
+def ticket_resolved_card(ticket: TicketView, resolver: str, thread_id: str) -> OutgoingMessage:
+    d = _Draft(_BUDGETS[0])
+    d.heading(f"{ticket.number} is resolved")
+    resolution = _user(ticket.resolution, 800)
+    d.para(
+        f"{_user(resolver, 60)} from the helpdesk: “{resolution}”"
+        if resolution
+        else f"Resolved by {_user(resolver, 60)}."
+    )
+    d.para("Did this fix it?", separator=True, clip=False, card_only=True)
+    d.submit(
+        "Yes, fixed", TicketFixedData(number=ticket.number, thread_id=thread_id, fixed=True), positive=True
+    )
+    d.submit("No, still broken", TicketFixedData(number=ticket.number, thread_id=thread_id, fixed=False))
+    return d.message(footer="Did this fix it? Answer with the buttons; “No” reopens the ticket.")
+
+
+def ticket_list(tickets: Sequence[TicketView], title: str) -> OutgoingMessage:
+    if not tickets:
+        return text_message(f"**{title}**\n\nNone right now.")
+    lines = [
+        f"- **{t.number}** · {t.status}"
+        + (f" · {_user(t.assignee_name, 40)}" if t.assignee_name else "")
+        + f" · {_user(t.original_text, 80)}"
+        for t in tickets
+    ]
+    return text_message(f"**{title}**\n\n" + "\n".join(lines))
+
+
+def ticket_summary(ticket: TicketView) -> OutgoingMessage:
+    lines = [
+        f"**{ticket.number}** · {ticket.status}"
+        + (f" · {_user(ticket.assignee_name, 40)}" if ticket.assignee_name else ""),
+        f"Requester: {_user(ticket.requester_name, 80)} ({_user(ticket.requester_email, 120)})",
+        f"Message: {_user(ticket.original_text, 400)}",
+    ]
+    if ticket.codes:
+        lines.append("Codes: " + ", ".join(_user(c, 20) for c in ticket.codes))
+    if ticket.note:
+        lines.append(f"Note: {_user(ticket.note, 400)}")
+    if ticket.resolution:
+        lines.append(f"Resolution: {_user(ticket.resolution, 400)}")
+    return text_message("\n\n".join(lines))

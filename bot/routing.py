@@ -22,7 +22,19 @@ _SETUP = re.compile(
     r"^(?:(?:okta|saml|sso|okta saml|okta sso)[ -]?)?(?:setup|set up|set-up|configuration|config|guide|setup guide)$"
 )
 
-RouteKind = Literal["empty", "help", "setup", "triage"]
+_TICKET = re.compile(r"^(?:ticket|show ticket|status of|status)\s*#?\s*(?:hd)?[- ]?(\d{1,9})$")
+_ESCALATE = frozenset(
+    {
+        "escalate", "talk to a human", "talk to a person", "speak to a human", "speak to a person", "human",
+        "agent", "a human", "real person", "a person", "open a ticket", "open ticket", "create a ticket",
+        "raise a ticket", "new ticket", "file a ticket", "contact the helpdesk", "contact helpdesk", "helpdesk",
+        "contact support", "i need a human", "i need help from a person",
+    }
+)
+_MY_TICKETS = frozenset({"my tickets", "my ticket", "tickets mine", "show my tickets", "list my tickets"})
+_TICKETS = frozenset({"tickets", "open tickets", "list tickets", "show tickets", "queue"})
+
+RouteKind = Literal["empty", "help", "setup", "triage", "escalate", "my_tickets", "tickets", "ticket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,7 @@ class Route:
     kind: RouteKind
     text: str
     step: int = 0  # setup guide: the 0-based step asked for
+    ticket: str = ""  # "HD-1042" for the ticket route
 
 
 def bare_id(webex_id: str) -> str:
@@ -87,6 +100,15 @@ def route(text: str) -> Route:
         return Route("empty", text)
     if command in {"help", "/help", "?", "what can you do", "commands", "menu", "hi", "hello", "hey"}:
         return Route("help", text)
+    if command in _ESCALATE or command.removeprefix("please ").removeprefix("i want to ") in _ESCALATE:
+        return Route("escalate", text)
+    if command in _MY_TICKETS:
+        return Route("my_tickets", text)
+    if command in _TICKETS:
+        return Route("tickets", text)
+    ticket = _TICKET.match(command)
+    if ticket:
+        return Route("ticket", text, ticket=f"HD-{int(ticket.group(1))}")
     step = _SETUP_STEP.match(command)
     if step:
         return Route("setup", text, step=max(0, int(step.group(1)) - 1))

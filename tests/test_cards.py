@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bot import cards
 from bot.cardmodels import (
     ActionOpenUrl,
     ActionShowCard,
@@ -33,6 +36,7 @@ from bot.cards import (
     ADMIN_NOTE,
     CARD_CONTENT_TYPE,
     MAX_BODY_BYTES,
+    EscalateData,
     FeedbackData,
     OutgoingMessage,
     SetupPageData,
@@ -236,7 +240,7 @@ def test_every_submit_parses_to_its_verb_and_thread(
             if isinstance(parsed, FeedbackData | ShowData):
                 assert parsed.article_id in kb.articles, name
             verbs.add(parsed.verb)
-    assert verbs == {"feedback", "show", "setup_page"}
+    assert verbs == {"feedback", "show", "setup_page", "escalate"}
 
 
 # --- What the answers say ------------------------------------------------------------------------
@@ -258,14 +262,17 @@ def test_fix_card_shows_code_name_message_steps_links_and_feedback(
     assert [a["type"] for a in actions] == [
         "Action.Submit",
         "Action.Submit",
+        "Action.Submit",
         "Action.OpenUrl",
         "Action.OpenUrl",
     ]
-    assert [parse_submit(a["data"]) for a in actions[:2]] == [
+    assert [parse_submit(a["data"]) for a in actions[:3]] == [
         FeedbackData(article_id="1000:1002", helpful=True, thread_id=THREAD),
         FeedbackData(article_id="1000:1002", helpful=False, thread_id=THREAD),
+        EscalateData(article_id="1000:1002", thread_id=THREAD),
     ]
-    assert [a["url"] for a in actions[2:]] == [link.url for link in kb.resolve_links(article.links)]
+    assert actions[2]["title"] == "Contact the helpdesk"
+    assert [a["url"] for a in actions[3:]] == [link.url for link in kb.resolve_links(article.links)]
     assert "Did this help?" in texts(message.card)
 
 
@@ -284,9 +291,9 @@ def test_fix_card_lists_other_codes_with_show_buttons_and_respects_five_actions(
     message = fix_card(result, kb, THREAD)
     assert message.card is not None
     actions = message.card["actions"]
-    # Yes, No, two links, then the first other code; 1000:602 has three links, so one becomes text.
-    assert [a["type"] for a in actions] == ["Action.Submit"] * 2 + ["Action.OpenUrl"] * 2 + ["Action.Submit"]
-    assert parse_submit(actions[4]["data"]) == ShowData(article_id="1000:1004", thread_id=THREAD)
+    # Yes, No, Contact the helpdesk, two links: the five allowed. 1000:602 has three links, so one becomes
+    # text, and the other codes are listed in the body (sent alone, each gets its own card).
+    assert [a["type"] for a in actions] == ["Action.Submit"] * 3 + ["Action.OpenUrl"] * 2
     third_link = kb.resolve_links(kb.articles["1000:602"].links)[2]
     assert any(f"[{third_link.title}]({third_link.url})" in t for t in texts(message.card))
     for other in ("1000:1004", "1000:605", "1000:1"):
@@ -309,9 +316,9 @@ def test_clarify_card_offers_top_candidates_and_a_way_out(kb: KnowledgeBase) -> 
     assert message.card is not None
     actions = message.card["actions"]
     shown = [parse_submit(a["data"]) for a in actions if a["type"] == "Action.Submit"]
-    assert shown == [ShowData(article_id=i, thread_id=THREAD) for i in ids[:3]]
-    helpdesk = kb.links["helpdesk-portal"]
-    assert actions[-1] == {"type": "Action.OpenUrl", "title": "None of these", "url": helpdesk.url}
+    assert shown[:3] == [ShowData(article_id=i, thread_id=THREAD) for i in ids[:3]]
+    assert shown[3] == EscalateData(thread_id=THREAD)
+    assert actions[-1]["title"].startswith("None of these")
     assert "Which of these is it?" in texts(message.card)
 
 
@@ -326,7 +333,9 @@ def test_not_sure_card_is_honest_and_points_to_the_helpdesk(kb: KnowledgeBase, i
     assert "Error: 1000:1002" in body
     assert kb.links["helpdesk-portal"].url in body
     assert message.card is not None
-    assert [a["url"] for a in message.card["actions"]] == [kb.links["helpdesk-portal"].url]
+    actions = message.card["actions"]
+    assert parse_submit(actions[0]["data"]) == EscalateData(thread_id=THREAD)
+    assert [a["url"] for a in actions[1:]] == [kb.links["helpdesk-portal"].url]
 
 
 def test_help_card_shows_admin_commands_only_to_admins(kb: KnowledgeBase) -> None:
@@ -468,7 +477,7 @@ def test_parse_submit_accepts_each_verb_and_stringified_values() -> None:
 
 GOOD = {"verb": "feedback", "article_id": "1000:1002", "helpful": True, "thread_id": THREAD}
 BAD_INPUTS: list[Any] = [
-    {**GOOD, "verb": "escalate"},
+    {**GOOD, "verb": "claim"},
     {**GOOD, "verb": "delete_everything"},
     {**GOOD, "verb": ["feedback"]},
     {k: v for k, v in GOOD.items() if k != "verb"},
@@ -643,3 +652,95 @@ def test_models_and_official_schema_agree_on_bad_actions(
     assert schema_errors(validator, card)
     with pytest.raises(ValidationError):
         AdaptiveCard.model_validate(card)
+
+
+# --- Ticket cards ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTicket:
+    """A ticket as the cards see it (the store's Ticket has the same fields)."""
+
+    number: str = "HD-1042"
+    status: str = "open"
+    requester_name: str = "Alex <@all> Doe"
+    requester_email: str = EMAIL
+    original_text: str = "Error 1000:1002 [click](http://evil) " * 40
+    codes: list[str] = dataclass_field(default_factory=lambda: ["1000:1002", "1000:603"])
+    articles: list[str] = dataclass_field(default_factory=lambda: ["1000:1002", "blank-screen"])
+    steps_suggested: list[str] = dataclass_field(default_factory=lambda: ["Quit Webex " * 30] * 8)
+    note: str | None = "tried restarting <script>alert(1)</script>"
+    transcript: list[dict[str, str]] = dataclass_field(
+        default_factory=lambda: [{"who": "Alex", "text": "blank <@all> " * 30, "at": "x"}] * 20
+    )
+    assignee_name: str | None = "Sam"
+    resolution: str | None = "Cleared the cache **shout** " * 50
+
+
+def ticket_messages(kb: KnowledgeBase) -> list[tuple[str, OutgoingMessage]]:
+    t = FakeTicket()
+    return [
+        ("escalation", cards.escalation_card(THREAD, "1000:1002", THREAD)),
+        ("ticket", cards.ticket_card(t, kb)),
+        (
+            "ticket minimal",
+            cards.ticket_card(FakeTicket(codes=[], articles=[], note=None, transcript=[]), kb),
+        ),
+        ("filed", cards.ticket_filed_card(t, THREAD, True)),
+        ("filed no room", cards.ticket_filed_card(t, THREAD, False)),
+        ("info", cards.info_request_card(t, "Sam <@all>", "What does it say? " * 60, THREAD)),
+        ("resolved", cards.ticket_resolved_card(t, "Sam", THREAD)),
+        ("list", cards.ticket_list([t] * 30, "Open tickets")),
+        ("summary", cards.ticket_summary(t)),
+    ]
+
+
+def test_ticket_cards_are_valid_small_and_escaped(
+    kb: KnowledgeBase, validator: jsonschema.Draft6Validator
+) -> None:
+    for name, message in ticket_messages(kb):
+        body = message.to_webex(room_id=ROOM, parent_id=THREAD)
+        assert body_bytes(body) <= MAX_BODY_BYTES, name
+        rendered = json.dumps(body)
+        for token in RAW_TOKENS:
+            assert token not in rendered, (name, token)
+        if message.card is not None:
+            assert schema_errors(validator, message.card) == [], name
+            for card in nested_cards(message.card):
+                assert len(card.get("actions", [])) <= 5, name
+
+
+def test_ticket_card_actions_carry_the_ticket(kb: KnowledgeBase) -> None:
+    card = cards.ticket_card(FakeTicket(), kb).card or {}
+    titles = [a["title"] for a in card["actions"]]
+    assert titles == ["Claim", "Resolve", "Ask for info"]
+    # What a client submits: the data merged with the inputs of the card it sits in.
+    claim, resolve, ask = submits(card)
+    assert parse_submit(claim) == cards.ClaimData(number="HD-1042")
+    assert parse_submit(resolve | {"resolution": "cleared cache"}) == cards.ResolveData(
+        number="HD-1042", resolution="cleared cache"
+    )
+    assert parse_submit(ask | {"question": "which laptop?"}) == cards.AskInfoData(
+        number="HD-1042", question="which laptop?"
+    )
+    assert parse_submit(ask | {"question": ""}) is None  # an empty question is not sent
+    assert parse_submit(claim | {"number": "HD-1042; DROP TABLE"}) is None
+
+
+def test_escalation_and_requester_cards_round_trip() -> None:
+    escalation = cards.escalation_card(THREAD, "1000:1002", "origin-1")
+    (data,) = submits(escalation.card or {})
+    assert "note" not in data  # the note comes from the input, not from the button
+    assert parse_submit(data | {"note": "restarted twice"}) == cards.FileTicketData(
+        thread_id=THREAD, article_id="1000:1002", origin_id="origin-1", note="restarted twice"
+    )
+    assert parse_submit(data | {"note": "x" * 5000}) is None
+    resolved = submits(cards.ticket_resolved_card(FakeTicket(), "Sam", THREAD).card or {})
+    assert [parse_submit(d) for d in resolved] == [
+        cards.TicketFixedData(number="HD-1042", thread_id=THREAD, fixed=True),
+        cards.TicketFixedData(number="HD-1042", thread_id=THREAD, fixed=False),
+    ]
+    (answer,) = submits(cards.info_request_card(FakeTicket(), "Sam", "which laptop?", THREAD).card or {})
+    assert parse_submit(answer | {"answer": "the Mac"}) == cards.AnswerInfoData(
+        number="HD-1042", thread_id=THREAD, answer="the Mac"
+    )
