@@ -15,10 +15,40 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.store import InboxEvent, Store, StoreUnavailable, async_url, migrate, triage
+from bot.store import (
+    SCHEMA_VERSION,
+    UPGRADES,
+    InboxEvent,
+    Store,
+    StoreUnavailable,
+    TriageRecord,
+    UpgradeStatement,
+    UtcDateTime,
+    async_url,
+    metadata,
+    migrate,
+    triage,
+)
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -132,26 +162,205 @@ async def test_concurrent_and_repeated_opens_leave_one_version_row(db_url: str, 
         await opened.close()
     third = await Store.open(db_url, now=clock)
     await third.close()
-    assert await fetch_all(db_url, text("SELECT version FROM schema_version")) == [(1,)]
+    assert SCHEMA_VERSION == 2
+    assert await fetch_all(db_url, text("SELECT version FROM schema_version")) == [(SCHEMA_VERSION,)]
 
 
 async def test_upgrade_loop_applies_each_new_version_once(db_url: str, clock: Clock) -> None:
     await (await Store.open(db_url, now=clock)).close()
-    version_2 = [["ALTER TABLE feedback ADD COLUMN comment TEXT"]]
+    next_version: list[list[UpgradeStatement]] = [*UPGRADES, ["ALTER TABLE feedback ADD COLUMN comment TEXT"]]
     engine = create_async_engine(async_url(db_url))
     try:
         # The second pass must not re-run the ALTER: it would fail on the duplicate column.
         for _ in range(2):
             async with engine.begin() as conn:
-                assert await migrate(conn, version_2) == 2
+                assert await migrate(conn, next_version) == SCHEMA_VERSION + 1
         async with engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version FROM schema_version ORDER BY 1"))).scalars()
-            assert list(versions) == [1, 2]
+            assert list(versions) == [SCHEMA_VERSION, SCHEMA_VERSION + 1]
             await conn.execute(text("SELECT comment FROM feedback"))
     finally:
         await engine.dispose()
     with pytest.raises(RuntimeError, match="newer than this code"):
         await Store.open(db_url, now=clock)
+
+
+# The schema as version 1 shipped it, frozen here: the upgrade must take exactly this to the current version.
+V1 = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+Table(
+    "schema_version",
+    V1,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+Table(
+    "inbox",
+    V1,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(255), nullable=False, unique=True),
+    Column("resource", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("reply_message_id", String(255)),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("leased_by", String(255)),
+    Column("lease_until", UtcDateTime),
+    CheckConstraint("status IN ('pending', 'working', 'done', 'failed', 'dead')", name="status"),
+    Index(None, "status", "next_attempt_at"),
+)
+Table(
+    "triage",
+    V1,
+    Column("event_id", String(255), primary_key=True),
+    Column("person_id", String(255), nullable=False),
+    Column("person_email", String(320), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("top_id", String(255)),
+    Column("score", Float),
+    Column("codes", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False, index=True),
+)
+Table(
+    "feedback",
+    V1,
+    Column("action_id", String(255), primary_key=True),
+    Column("person_id", String(255), nullable=False),
+    Column("article_id", String(255), nullable=False),
+    Column("helpful", Boolean, nullable=False),
+    Column("thread_id", String(255)),
+    Column("created_at", UtcDateTime, nullable=False, index=True),
+)
+
+
+async def build_version_1(url: str, at: datetime) -> None:
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(V1.create_all)
+            await conn.execute(V1.tables["schema_version"].insert().values(version=1, applied_at=at))
+            await conn.execute(
+                V1.tables["triage"]
+                .insert()
+                .values(
+                    event_id="old",
+                    person_id="p1",
+                    person_email="ann@example.com",
+                    room_id="r1",
+                    text="Error 1000:1002",
+                    outcome="fix",
+                    top_id="err-1000-1002",
+                    score=90.0,
+                    codes=["1000:1002"],
+                    created_at=at,
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+def describe_schema(sync_conn: Connection) -> dict[str, Any]:
+    """Everything about the schema that the code relies on, in a comparable shape."""
+    seen = inspect(sync_conn)
+    shape: dict[str, Any] = {}
+    for name in sorted(seen.get_table_names()):
+        shape[name] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                for c in seen.get_columns(name)
+            ],
+            "pk": seen.get_pk_constraint(name)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in seen.get_indexes(name)
+            ),
+            "unique": sorted(
+                (u["name"], tuple(u["column_names"])) for u in seen.get_unique_constraints(name)
+            ),
+            "checks": sorted(
+                (c["name"], " ".join(c["sqltext"].split())) for c in seen.get_check_constraints(name)
+            ),
+            "foreign_keys": sorted(
+                (f["name"], tuple(f["constrained_columns"]), f["referred_table"])
+                for f in seen.get_foreign_keys(name)
+            ),
+        }
+    if sync_conn.dialect.name == "postgresql":
+        shape["sequences"] = sorted(seen.get_sequence_names())
+    return shape
+
+
+async def schema_of(url: str) -> dict[str, Any]:
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(describe_schema)
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def another_database(like: str, tmp_path: Path) -> AsyncIterator[str]:
+    if like.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'another.db'}"
+        return
+    async with fresh_pg_database() as name:
+        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+async def test_version_1_database_upgrades_in_place(db_url: str, clock: Clock, tmp_path: Path) -> None:
+    await build_version_1(db_url, clock())
+    # Two replicas of the new code start together on the old database: the upgrade must run exactly once.
+    upgraded = await asyncio.gather(Store.open(db_url, now=clock), Store.open(db_url, now=clock))
+    store = upgraded[0]
+    try:
+        await upgraded[1].close()
+        versions = await fetch_all(db_url, text("SELECT version FROM schema_version ORDER BY 1"))
+        assert versions == [(1,), (2,)]
+        old = await store.get_triage("old")
+        assert old is not None
+        assert (old.text, old.codes, old.thread_id, old.created_at) == (
+            "Error 1000:1002",
+            ["1000:1002"],
+            None,
+            clock(),
+        )
+        ticket, created = await store.create_ticket(
+            dedupe_key="m1",
+            requester_id="p1",
+            requester_email="ann@example.com",
+            requester_name="Ann",
+            room_id="r1",
+            thread_id="t1",
+            original_text="still broken",
+            codes=[],
+            articles=[],
+            steps_suggested=[],
+            note=None,
+            transcript=[],
+        )
+        assert (ticket.number, created) == ("HD-1001", True)
+    finally:
+        await store.close()
+
+    async with another_database(db_url, tmp_path) as fresh_url:
+        await (await Store.open(fresh_url, now=clock)).close()
+        fresh = await schema_of(fresh_url)
+    assert await schema_of(db_url) == fresh
+    tables = set(fresh) - {"sequences"}
+    assert tables == set(metadata.tables) - ({"ticket_counter"} if db_url.startswith("postgresql") else set())
+    if db_url.startswith("postgresql"):
+        assert "ticket_number_seq" in fresh["sequences"]
 
 
 async def test_sqlite_uses_wal(tmp_path: Path) -> None:
@@ -305,20 +514,29 @@ async def test_naive_clock_is_refused(db_url: str) -> None:
 # --- conversation facts ----------------------------------------------------------------------------------------
 
 
-async def test_triage_is_recorded_once_per_event(store: Store, db_url: str) -> None:
+async def test_triage_is_recorded_once_per_event(store: Store, db_url: str, clock: Clock) -> None:
     facts: dict[str, Any] = {
         "person_id": "p1",
         "person_email": "ann@example.com",
         "room_id": "r1",
-        "outcome": "matched",
+        "outcome": "fix",
         "top_id": "err-1000-1002",
         "score": 91.5,
         "codes": ["1000:1002"],
     }
-    await store.record_triage(event_id="m1", text="Error 1000:1002", **facts)
-    await store.record_triage(event_id="m1", text="redelivered", **facts)
+    await store.record_triage(event_id="m1", text="Error 1000:1002", thread_id="t1", **facts)
+    await store.record_triage(event_id="m1", text="redelivered", thread_id="t2", **facts)
     rows = await fetch_all(db_url, select(triage.c.event_id, triage.c.text, triage.c.codes, triage.c.score))
     assert rows == [("m1", "Error 1000:1002", ["1000:1002"], 91.5)]
+    assert await store.get_triage("m1") == TriageRecord(
+        event_id="m1", text="Error 1000:1002", thread_id="t1", created_at=clock(), **facts
+    )
+    # Callers from before version 2 pass no thread.
+    await store.record_triage(event_id="m2", text="blank screen", **facts)
+    second = await store.get_triage("m2")
+    assert second is not None
+    assert second.thread_id is None
+    assert await store.get_triage("nope") is None
 
 
 async def test_feedback_counts_once_per_action(store: Store, clock: Clock) -> None:
