@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 # Webex ids are opaque base64 strings; an empty one means a broken payload, never "no id".
-WebexId = Annotated[str, StringConstraints(min_length=1)]
+# Printable ASCII and bounded: ids go into database keys, and a 100 KB or NUL-laden id is an attack, not an id.
+WebexId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$")]
 
 
 class WebexModel(BaseModel):
@@ -51,7 +52,8 @@ class AttachmentAction(WebexModel):
     message_id: WebexId
     person_id: WebexId
     room_id: WebexId
-    inputs: dict[str, Any] = {}
+    # Any JSON: a forged action may carry a list or a string; parse_submit refuses those quietly.
+    inputs: Any = None
     created: datetime | None = None
 
 

@@ -98,6 +98,11 @@ _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CLEAN = {c: " " for c in range(32) if c not in (9, 10)} | {127: " "}
 _CLEAN |= {ord(c): " " for c in '*_`~#>|[](){}<>"\\'}
 _CLEAN |= {ord("’"): "'", ord("‘"): "'", ord("“"): " ", ord("”"): " "}
+# Invisible format characters (zero-width spaces and joiners, bidi marks, BOM, soft hyphen) are dropped,
+# not spaced: pasted from chat clients they sit inside codes ("1000\u200b:1002") and words.
+_INVISIBLE = [0x00AD, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010), *range(0x202A, 0x202F)]
+_INVISIBLE += [*range(0x2060, 0x2065), *range(0x2066, 0x2070), *range(0xFFF9, 0xFFFC)]
+_CLEAN |= dict.fromkeys(_INVISIBLE)
 
 # Word-level synonyms so that "log in", "login" and "sign-in" meet, and so do "can't", "cant", "unable to".
 # Matched on tokens (longest first), which costs a few dict look-ups per word instead of a regex pass per rule.
@@ -176,6 +181,8 @@ _SYNONYMS: dict[tuple[str, ...], tuple[str, ...]] = {
 _SYNONYM_STARTS = frozenset(key[0] for key in _SYNONYMS)
 _SYNONYM_MAX = max(map(len, _SYNONYMS))
 _HAS_DIGIT = re.compile(r"\d")
+_CODE_CHARS = re.compile(r"[\d:/\-–—]")
+_CODE_TAIL = re.compile(r"[\d\s:/\-–—]{1,40}$")
 
 
 def _apply_synonyms(words: list[str]) -> list[str]:
@@ -409,7 +416,13 @@ _STOPWORDS = frozenset(
 
 def normalize(text: str) -> str:
     """Casefold, NFKC, strip control characters and markdown, and apply word synonyms."""
-    text = unicodedata.normalize("NFKC", text[:MAX_CODE_SCAN_CHARS]).casefold().translate(_CLEAN)
+    if len(text) > MAX_CODE_SCAN_CHARS:
+        cut = text[:MAX_CODE_SCAN_CHARS]
+        if _CODE_CHARS.match(text, MAX_CODE_SCAN_CHARS):
+            # A code straddles the cap: drop its first half rather than read "1000:10" as another code.
+            cut = cut[:-60] + _CODE_TAIL.sub("", cut[-60:])
+        text = cut
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_CLEAN)
     return text
 
 
@@ -695,7 +708,7 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
         key=lambda c: (-round(c.score, 6), c.position, -len(c.explained), index.order.get(c.id, 0)),
     )
     outcome = _decide(ranked, codes, index)
-    matches = _to_matches(ranked, outcome, limit)
+    matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
     return TriageResult(
         outcome=outcome,
         matches=matches,

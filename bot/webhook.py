@@ -25,8 +25,9 @@ def signature_valid(body: bytes, secret: str, header: str | None) -> bool:
     """X-Spark-Signature is the hex HMAC-SHA1 of the raw body; compare in constant time."""
     if not header:
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, header.strip().lower())
+    expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest().encode()
+    # Bytes, not str: compare_digest refuses non-ASCII str, and a header is attacker-controlled.
+    return hmac.compare_digest(expected, header.strip().lower().encode("utf-8", "replace"))
 
 
 def _json(code: int, **payload: object) -> web.Response:
@@ -62,7 +63,8 @@ async def _receive(request: web.Request) -> web.Response:
     try:
         payload = json.loads(raw)
         envelope = WebhookEnvelope.model_validate(payload)
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, ValidationError, RecursionError) as exc:
+        # RecursionError: json.loads on thousands of nested brackets.
         log.warning("webhook refused: not a webhook envelope (%s)", _short(exc))
         return _json(400, error="not a Webex webhook envelope")
     if (envelope.resource, envelope.event) not in HANDLED:
