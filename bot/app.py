@@ -14,11 +14,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.config import Settings
-from bot.handlers import BotContext, Knowledge, PermanentFailure, handle_event, tell_failure
+from bot.context import BotContext, Knowledge
+from bot.handlers import PermanentFailure, handle_event, tell_failure
 from bot.keys import CONTEXT, SESSION, WORKER
 from bot.knowledge import load_knowledge
-from bot.local import LocalWebex
+from bot.local import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
+from bot.outbox import OutboxDeliverer
 from bot.registration import watch_webhooks
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
@@ -32,11 +34,19 @@ WEBHOOK_CHECK_SECONDS = 300.0
 LOCAL = web.AppKey("local", LocalWebex)
 
 
-def create_app(settings: Settings, *, worker_options: dict[str, Any] | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    worker_options: dict[str, Any] | None = None,
+    outbox_options: dict[str, Any] | None = None,
+) -> web.Application:
     """Build the bot. Nothing touches the network or the disk until the app starts (cleanup_ctx)."""
+    if settings.local_mode and not settings.helpdesk_room_id:
+        # The playground's helpdesk tab is this room, so tickets have somewhere to go.
+        settings = settings.model_copy(update={"helpdesk_room_id": LOCAL_HELPDESK_ROOM})
     # client_max_size makes aiohttp answer 413 itself for bodies over the limit.
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.cleanup_ctx.append(_context(settings, worker_options or {}))
+    app.cleanup_ctx.append(_context(settings, worker_options or {}, outbox_options or {}))
     app.router.add_post("/webhooks/webex", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -48,7 +58,7 @@ def create_app(settings: Settings, *, worker_options: dict[str, Any] | None = No
     return app
 
 
-def _context(settings: Settings, worker_options: dict[str, Any]) -> Any:
+def _context(settings: Settings, worker_options: dict[str, Any], outbox_options: dict[str, Any]) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
         store = await Store.open(settings.database_url)
@@ -83,6 +93,17 @@ def _context(settings: Settings, worker_options: dict[str, Any]) -> Any:
         )
         app[CONTEXT], app[WORKER], app[SESSION] = ctx, worker, session
         worker.start()
+        outbox: OutboxDeliverer | None = None
+        if settings.ticket_webhook_url is not None:
+            secret = settings.ticket_webhook_secret
+            outbox = OutboxDeliverer(
+                store,
+                session,
+                str(settings.ticket_webhook_url),
+                secret.get_secret_value() if secret else None,
+                **(outbox_options or {}),
+            )
+            outbox.start()
         background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
         stop_watching = asyncio.Event()
         if isinstance(webex, WebexClient) and settings.public_url is not None:
@@ -108,6 +129,8 @@ def _context(settings: Settings, worker_options: dict[str, Any]) -> Any:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
+            if outbox is not None:
+                await outbox.stop()
             await session.close()
             await store.close()
             log.info("stopped cleanly")

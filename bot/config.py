@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     helpdesk_space_url: str | None = None
     admin_contact_url: str | None = None
 
+    # Local mode: where the Adaptive Cards renderer is cached after npm fetches it.
+    renderer_cache_dir: Path | None = None
+    xdg_cache_home: Path | None = None
+
     # Optional outbound ITSM webhook for ticket events.
     ticket_webhook_url: AnyHttpUrl | None = None
     ticket_webhook_secret: SecretStr | None = None

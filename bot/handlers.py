@@ -3,74 +3,37 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-from bot import cards
-from bot.cards import FeedbackData, OutgoingMessage, SetupPageData, ShowData
-from bot.config import Settings
-from bot.knowledge import KnowledgeBase
-from bot.metrics import Metrics
-from bot.models import AttachmentAction, Message, Person, WebhookEnvelope
+from bot import cards, tickets
+from bot.cards import (
+    AnswerInfoData,
+    AskInfoData,
+    CancelTicketData,
+    ClaimData,
+    EscalateData,
+    FeedbackData,
+    FileTicketData,
+    OutgoingMessage,
+    ResolveData,
+    SetupPageData,
+    ShowData,
+    TicketFixedData,
+)
+from bot.context import BotContext, Knowledge, WebexAPI, post_reply
+from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.routing import reply_parent, route, strip_mention
-from bot.store import InboxEvent, Store
-from bot.triage import TriageIndex, triage
+from bot.store import InboxEvent
+from bot.triage import TriageResult, triage
+from bot.webex import WebexNotFound
+
+__all__ = ["BotContext", "Knowledge", "PermanentFailure", "WebexAPI", "handle_event", "tell_failure"]
 
 log = logging.getLogger(__name__)
 
 SETUP_PAGE_SIZE = 4
 MAX_STORED_TEXT = 2000
-
-
-class WebexAPI(Protocol):
-    """What the handlers need from Webex: the REST client in production, the local transport on a laptop."""
-
-    async def get_me(self) -> Person: ...
-    async def get_message(self, message_id: str) -> Message: ...
-    async def get_attachment_action(self, action_id: str) -> AttachmentAction: ...
-    async def is_member(self, room_id: str, person_id: str) -> bool: ...
-    async def post_message(
-        self,
-        *,
-        room_id: str | None = None,
-        to_person_id: str | None = None,
-        to_person_email: str | None = None,
-        parent_id: str | None = None,
-        text: str | None = None,
-        markdown: str | None = None,
-        attachments: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Message: ...
-
-
-@dataclass(slots=True)
-class Knowledge:
-    """The current knowledge and its index; replaced whole on reload so readers never see half of one."""
-
-    kb: KnowledgeBase
-    index: TriageIndex
-
-    @classmethod
-    def build(cls, kb: KnowledgeBase) -> Knowledge:
-        return cls(kb, TriageIndex.build(kb))
-
-
-@dataclass(slots=True)
-class BotContext:
-    settings: Settings
-    knowledge: Knowledge
-    store: Store
-    webex: WebexAPI
-    metrics: Metrics
-    me: Person | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def identity(self) -> Person:
-        if self.me is None:
-            raise RuntimeError("the bot's Webex identity is not known yet")
-        return self.me
 
 
 class PermanentFailure(Exception):
@@ -104,7 +67,15 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         await post_reply(ctx, event, message.room_id, parent, cards.refusal(REFUSAL_DOMAIN), kind="refusal")
         return
     text = strip_mention(message, me)
-    reply = answer(text, message, event, ctx)
+    # The conversation log feeds ticket transcripts; redacted before it is stored.
+    await ctx.store.log_message(
+        room_id=message.room_id,
+        thread_id=parent,
+        person_id=message.person_id,
+        who=message.person_email or message.person_id,
+        text=redact(text[:MAX_STORED_TEXT]),
+    )
+    reply = await answer(text, message, ctx)
     if reply.triage is not None:
         await ctx.store.record_triage(
             event_id=event.event_id,
@@ -116,9 +87,18 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
             top_id=reply.triage.best.id if reply.triage.best else None,
             score=reply.triage.best.score if reply.triage.best else None,
             codes=list(reply.triage.codes),
+            thread_id=message.parent_id or message.id,
         )
         ctx.metrics.triage_outcomes.labels(_outcome_label(reply.triage.outcome)).inc()
     await post_reply(ctx, event, message.room_id, parent, reply.message, kind=reply.kind)
+    await ctx.store.log_message(
+        room_id=message.room_id,
+        thread_id=parent,
+        person_id=ctx.identity.id,
+        who="bot",
+        # The reply's first line, without its markdown: the transcript is plain text.
+        text=reply.message.markdown.split("\n", 1)[0].replace("**", "")[:MAX_STORED_TEXT],
+    )
 
 
 REFUSAL_DOMAIN = "Sorry, I can only help people from this organisation. Please contact your own IT helpdesk."
@@ -128,14 +108,20 @@ REFUSAL_DOMAIN = "Sorry, I can only help people from this organisation. Please c
 class Reply:
     message: OutgoingMessage
     kind: str
-    triage: Any = None  # the TriageResult when the reply came from triage
+    triage: TriageResult | None = None
 
 
-def answer(text: str, message: Message, event: InboxEvent, ctx: BotContext) -> Reply:
-    """Route one message to its reply. Pure apart from reading the current knowledge."""
+async def answer(text: str, message: Message, ctx: BotContext) -> Reply:
+    """Route one message to its reply."""
     kb, index = ctx.knowledge.kb, ctx.knowledge.index
     thread_id = message.parent_id or message.id
     r = route(text)
+    if r.kind == "escalate":
+        return Reply(cards.escalation_card(thread_id, None, message.id), "escalation")
+    if r.kind in {"my_tickets", "tickets"}:
+        return Reply(await tickets.list_command(ctx, message, mine=r.kind == "my_tickets"), "tickets")
+    if r.kind == "ticket":
+        return Reply(await tickets.show_command(ctx, message, r.ticket), "ticket")
     if r.kind in {"empty", "help"}:
         return Reply(
             cards.help_card(kb, ctx.settings.is_admin(message.person_email), thread_id=thread_id), "help"
@@ -145,7 +131,7 @@ def answer(text: str, message: Message, event: InboxEvent, ctx: BotContext) -> R
             cards.setup_guide_card(kb, r.step // SETUP_PAGE_SIZE, thread_id, SETUP_PAGE_SIZE), "setup"
         )
     result = triage(text, index)
-    return Reply(cards.build(result, kb, thread_id, text), f"triage-{result.outcome}", result)
+    return Reply(cards.build(result, kb, thread_id, text, message.id), f"triage-{result.outcome}", result)
 
 
 def _outcome_label(outcome: str) -> str:
@@ -161,22 +147,41 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     submit = cards.parse_submit(action.inputs)
     if submit is None:
         # Forged or stale: say nothing to the sender, leave a trace for us.
+        keys = (
+            sorted(map(str, action.inputs))[:10]
+            if isinstance(action.inputs, dict)
+            else type(action.inputs).__name__
+        )
         log.warning(
-            "card submit %s from %s refused: unknown verb or bad fields (keys=%s)",
+            "card submit %s from %s refused: unknown verb or bad fields (%s)",
             action.id,
             action.person_id,
-            sorted(map(str, action.inputs))[:10],
+            keys,
         )
         ctx.metrics.events_ignored.labels("forged-submit").inc()
         return
-    card_message = await ctx.webex.get_message(action.message_id)
-    if card_message.person_id != ctx.identity.id:
+    try:
+        card_message = await ctx.webex.get_message(action.message_id)
+    except WebexNotFound:
+        log.warning("card submit %s refused: its card %s no longer exists", action.id, action.message_id)
+        ctx.metrics.events_ignored.labels("stale-submit").inc()
+        return
+    if card_message.person_id != ctx.identity.id or card_message.room_id != action.room_id:
         log.warning(
             "card submit %s points at message %s that the bot did not send", action.id, action.message_id
         )
         ctx.metrics.events_ignored.labels("forged-submit").inc()
         return
-    parent = submit.thread_id if card_message.room_type == "group" else None
+    # The thread comes from the card itself, never from the submit: a forged thread id must not steer replies.
+    card_thread = card_message.parent_id or card_message.id
+    claimed_thread = getattr(submit, "thread_id", None)
+    if card_message.room_type == "group" and claimed_thread is not None and claimed_thread != card_thread:
+        log.warning(
+            "card submit %s names thread %s but its card is in %s", action.id, claimed_thread, card_thread
+        )
+        ctx.metrics.events_ignored.labels("forged-submit").inc()
+        return
+    parent = card_thread if card_message.room_type == "group" else None
     kb = ctx.knowledge.kb
     if isinstance(submit, FeedbackData):
         new = await ctx.store.record_feedback(
@@ -186,9 +191,14 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
             helpful=submit.helpful,
             thread_id=submit.thread_id,
         )
-        if new:
+        if new and submit.helpful:
             await post_reply(
-                ctx, event, action.room_id, parent, cards.feedback_ack(submit.helpful, kb), kind="feedback"
+                ctx, event, action.room_id, parent, cards.feedback_ack(True, kb), kind="feedback"
+            )
+        elif new:
+            # "No, still stuck" is the way to a person: offer the helpdesk straight away.
+            await tickets.offer_escalation(
+                ctx, event, action.room_id, parent, submit.thread_id, submit.article_id, None
             )
     elif isinstance(submit, ShowData):
         article = kb.article(submit.article_id)
@@ -200,36 +210,22 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     elif isinstance(submit, SetupPageData):
         reply = cards.setup_guide_card(kb, submit.page, submit.thread_id, SETUP_PAGE_SIZE)
         await post_reply(ctx, event, action.room_id, parent, reply, kind="setup")
-
-
-async def post_reply(
-    ctx: BotContext,
-    event: InboxEvent,
-    room_id: str,
-    parent_id: str | None,
-    reply: OutgoingMessage,
-    *,
-    kind: str,
-) -> None:
-    """Post once per event: a retried event whose reply already went out does not post again."""
-    if event.reply_message_id:
-        log.info(
-            "event %s already answered with %s; not posting again", event.event_id, event.reply_message_id
+    elif isinstance(submit, EscalateData):
+        await tickets.offer_escalation(
+            ctx, event, action.room_id, parent, submit.thread_id, submit.article_id, submit.origin_id
         )
-        return
-    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
-    posted = await ctx.webex.post_message(
-        room_id=body["roomId"],
-        parent_id=body.get("parentId"),
-        markdown=body["markdown"],
-        attachments=body.get("attachments"),
-    )
-    await ctx.store.record_reply(event.event_id, posted.id)
-    ctx.metrics.replies_sent.labels(kind).inc()
+    elif isinstance(submit, FileTicketData):
+        await tickets.file_ticket(ctx, event, action, submit, parent)
+    elif isinstance(submit, ClaimData | ResolveData | AskInfoData):
+        await tickets.on_helpdesk_action(ctx, event, action, submit)
+    elif isinstance(submit, TicketFixedData | AnswerInfoData | CancelTicketData):
+        await tickets.on_requester_action(ctx, event, action, submit, parent)
 
 
 async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
     """After the last retry: an honest short message, when we know where to send it."""
+    if event.resource != "messages":
+        return  # "your last message" is the wrong thing to say after a button press; the log has it
     try:
         envelope = WebhookEnvelope.model_validate(event.payload)
         room_id = envelope.data.get("roomId")

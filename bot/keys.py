@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import ClientSession, web
 
-from bot.handlers import BotContext
+from bot.context import BotContext
 from bot.worker import Worker
 
 CONTEXT = web.AppKey("context", BotContext)

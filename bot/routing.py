@@ -25,10 +25,28 @@ _SETUP = re.compile(
 _TICKET = re.compile(r"^(?:ticket|show ticket|status of|status)\s*#?\s*(?:hd)?[- ]?(\d{1,9})$")
 _ESCALATE = frozenset(
     {
-        "escalate", "talk to a human", "talk to a person", "speak to a human", "speak to a person", "human",
-        "agent", "a human", "real person", "a person", "open a ticket", "open ticket", "create a ticket",
-        "raise a ticket", "new ticket", "file a ticket", "contact the helpdesk", "contact helpdesk", "helpdesk",
-        "contact support", "i need a human", "i need help from a person",
+        "escalate",
+        "talk to a human",
+        "talk to a person",
+        "speak to a human",
+        "speak to a person",
+        "human",
+        "agent",
+        "a human",
+        "real person",
+        "a person",
+        "open a ticket",
+        "open ticket",
+        "create a ticket",
+        "raise a ticket",
+        "new ticket",
+        "file a ticket",
+        "contact the helpdesk",
+        "contact helpdesk",
+        "helpdesk",
+        "contact support",
+        "i need a human",
+        "i need help from a person",
     }
 )
 _MY_TICKETS = frozenset({"my tickets", "my ticket", "tickets mine", "show my tickets", "list my tickets"})

@@ -20,6 +20,7 @@ from tests.fakewebex import FakeWebex, sign
 
 SECRET = "webhook-secret-for-tests"
 FAST_WORKER = {"poll_interval": 0.05, "retry_schedule": (0.05, 0.1, 0.2)}
+FAST_OUTBOX = {"poll_interval": 0.05, "retry_schedule": (0.05, 0.1, 0.2, 0.4)}
 
 
 def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Settings:
@@ -40,7 +41,9 @@ class Bot:
     def __init__(self, fake: FakeWebex, settings: Settings, worker: dict[str, Any] | None = None) -> None:
         self.fake = fake
         self.settings = settings
-        self.app: web.Application = create_app(settings, worker_options=worker or FAST_WORKER)
+        self.app: web.Application = create_app(
+            settings, worker_options=worker or FAST_WORKER, outbox_options=FAST_OUTBOX
+        )
         self.client: TestClient[Any, Any] = TestClient(TestServer(self.app))
 
     async def __aenter__(self) -> Bot:
@@ -67,7 +70,8 @@ class Bot:
 
         async def settled() -> bool:
             counts = await store.inbox_counts()
-            return self.app[WORKER].in_flight == 0 and not counts.get("pending") and not counts.get("working")
+            busy = counts.get("pending") or counts.get("working") or counts.get("failed")
+            return self.app[WORKER].in_flight == 0 and not busy
 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
