@@ -1,0 +1,255 @@
+"""The official Adaptive Cards renderer for the playground: fetched once with npm into a cache, then served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# Pinned majors. adaptivecards 3 ships a UMD bundle (dist/adaptivecards.min.js, with its carousel dependency
+# bundled) that defines the global `AdaptiveCards` in a plain <script> tag; it renders TextBlock markdown
+# through the global `markdownit` when one is loaded, which markdown-it's dist bundle defines.
+PACKAGES: tuple[str, ...] = ("adaptivecards@3", "markdown-it@14")
+# What /vendor/{name} serves, relative to node_modules; nothing else in the cache is reachable.
+VENDOR_FILES: dict[str, str] = {
+    "adaptivecards.min.js": "adaptivecards/dist/adaptivecards.min.js",
+    "adaptivecards.css": "adaptivecards/dist/adaptivecards.css",
+    "markdown-it.min.js": "markdown-it/dist/markdown-it.min.js",
+}
+INSTALL_TIMEOUT_SECONDS = 300.0
+OUTPUT_TAIL_CHARS = 600
+
+Status = Literal["fetching", "ready", "missing-npm", "failed"]
+
+
+def default_cache_dir(xdg_cache_home: str | os.PathLike[str] | None = None) -> Path:
+    """$XDG_CACHE_HOME/helpdesk-bot, or ~/.cache/helpdesk-bot (the XDG spec ignores a relative value)."""
+    base = Path(xdg_cache_home) if xdg_cache_home else None
+    if base is None or not base.is_absolute():
+        base = Path.home() / ".cache"
+    return base / "helpdesk-bot"
+
+
+def _package_name(spec: str) -> str:
+    # "markdown-it@14" -> "markdown-it"; "@scope/pkg@1" -> "@scope/pkg"
+    name, _, _ = spec[1:].partition("@")
+    return spec[0] + name
+
+
+def _major(spec: str) -> str | None:
+    version = spec[1:].partition("@")[2]
+    return version.split(".")[0].lstrip("^~=v") or None
+
+
+class Renderer:
+    """Owns one npm cache folder: knows whether the renderer is there, fetches it if not, and says which."""
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        *,
+        npm: str = "npm",
+        packages: Sequence[str] = PACKAGES,
+        timeout: float = INSTALL_TIMEOUT_SECONDS,
+    ) -> None:
+        # cache_dir may be left to the app, which fills in the configured default at startup.
+        self.cache_dir = cache_dir
+        self.npm = npm
+        self.packages = tuple(packages)
+        self.timeout = timeout
+        self.status: Status = "fetching"
+        self.detail = "not started yet"
+        self.versions: dict[str, dict[str, str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def npm_dir(self) -> Path:
+        if self.cache_dir is None:
+            raise RuntimeError("the renderer cache folder is not configured")
+        return self.cache_dir / "npm"
+
+    def install_args(self, prefix: Path) -> list[str]:
+        """npm's arguments (after the npm command itself) to install the pinned packages under `prefix`."""
+        return ["install", "--prefix", str(prefix), *self.packages]
+
+    def shell_command(self) -> str:
+        """What a person runs by hand when the automatic fetch cannot."""
+        return shlex.join(["npm", *self.install_args(self.npm_dir)])
+
+    def vendor_path(self, name: str) -> Path | None:
+        relative = VENDOR_FILES.get(name)
+        if relative is None or self.status != "ready":
+            return None
+        return self.npm_dir / "node_modules" / relative
+
+    # -- what is on disk ----------------------------------------------------------------------------
+
+    def _installed(self, npm_dir: Path) -> dict[str, dict[str, str]] | None:
+        """Versions and licences of the pinned packages under npm_dir, or None if anything is missing or stale."""
+        modules = npm_dir / "node_modules"
+        if not all((modules / relative).is_file() for relative in VENDOR_FILES.values()):
+            return None
+        found: dict[str, dict[str, str]] = {}
+        for spec in self.packages:
+            name = _package_name(spec)
+            try:
+                meta: Any = json.loads((modules / name / "package.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            if not isinstance(meta, dict):
+                return None
+            version, major = str(meta.get("version", "")), _major(spec)
+            if major is not None and version.split(".")[0] != major:
+                return None  # the pin moved on since this cache was filled
+            found[name] = {"version": version, "license": str(meta.get("license", "unknown"))}
+        return found
+
+    def refresh(self) -> bool:
+        """Look at the cache again (someone may have run the npm command by hand); True when ready."""
+        installed = self._installed(self.npm_dir)
+        if installed is None:
+            return False
+        self.versions = installed
+        self.status = "ready"
+        self.detail = (
+            ", ".join(f"{name} {v['version']} ({v['license']} licence)" for name, v in installed.items())
+            + f" from {self.npm_dir}"
+        )
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        # Look again: someone may have run the npm command by hand, or emptied the cache.
+        if self.status != "fetching" and not self.refresh() and self.status == "ready":
+            self._fail(
+                "failed", f"the renderer files in {self.npm_dir} are gone; restart the bot to fetch them"
+            )
+        return {
+            "status": self.status,
+            "detail": self.detail,
+            "command": self.shell_command(),
+            "packages": self.versions,
+        }
+
+    # -- fetching -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Use the cache if it is filled; otherwise fetch in the background (startup does not wait)."""
+        if self.refresh():
+            log.info("Adaptive Cards renderer ready: %s", self.detail)
+            return
+        self._task = asyncio.create_task(self._fetch(), name="renderer-fetch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self) -> Status:
+        """Until the fetch (if any) is over; for tests and tools."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        return self.status
+
+    async def _fetch(self) -> None:
+        npm = shutil.which(self.npm)
+        if npm is None:
+            self._fail(
+                "missing-npm",
+                f"npm was not found ({self.npm!r} is not on the PATH), so the card renderer cannot be fetched. "
+                f"Install Node.js with npm, then run: {self.shell_command()} and reload this page.",
+            )
+            return
+        self.status, self.detail = (
+            "fetching",
+            f"npm is installing {' '.join(self.packages)} into {self.npm_dir}",
+        )
+        log.info("fetching the Adaptive Cards renderer with npm into %s ...", self.npm_dir)
+        npm_dir = self.npm_dir
+        npm_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Install beside the cache and move it in whole: a half-finished or concurrent install never
+        # looks like a ready cache.
+        staging = Path(tempfile.mkdtemp(prefix="npm-staging-", dir=npm_dir.parent))
+        try:
+            code, output = await self._run([npm, *self.install_args(staging), "--no-audit", "--no-fund"])
+            if code != 0:
+                self._fail("failed", f"npm install failed (exit {code}): {output}")
+                return
+            if self._installed(staging) is None:
+                self._fail("failed", f"npm install finished but the renderer files are missing: {output}")
+                return
+            await asyncio.to_thread(self._move_in, staging, npm_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        if self.refresh():
+            log.info("Adaptive Cards renderer ready: %s", self.detail)
+        else:
+            self._fail("failed", f"the renderer files did not arrive in {npm_dir}")
+
+    async def _run(self, argv: list[str]) -> tuple[int, str]:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            return 127, str(exc)
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), self.timeout)
+        except TimeoutError:
+            return -1, f"no answer from npm after {self.timeout:.0f}s"
+        finally:
+            if process.returncode is None:  # timed out or cancelled by shutdown
+                process.kill()
+                await process.wait()
+        text = out.decode(errors="replace").strip()
+        return process.returncode or 0, text[-OUTPUT_TAIL_CHARS:]
+
+    def _move_in(self, staging: Path, npm_dir: Path) -> None:
+        if self._installed(npm_dir) is not None:
+            return  # another process sharing the cache finished first: keep its copy
+        if npm_dir.exists():  # stale (an older pin) or half-made by hand
+            shutil.rmtree(npm_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # lost a race to another process after all
+            staging.rename(npm_dir)
+
+    def _fail(self, status: Status, detail: str) -> None:
+        self.status, self.detail = status, detail
+        log.warning("Adaptive Cards renderer %s: %s", status, detail)
+        if status == "failed":
+            log.warning("run it by hand to see why: %s", self.shell_command())
+
+
+RENDERER = web.AppKey("renderer", Renderer)
+
+
+def add_renderer_routes(app: web.Application) -> None:
+    """GET /local/renderer (status) and /vendor/{name} (the renderer's files); app[RENDERER] holds the state."""
+    app.router.add_get("/local/renderer", renderer_status)
+    app.router.add_get("/vendor/{name}", vendor_file)
+
+
+async def renderer_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RENDERER].describe())
+
+
+async def vendor_file(request: web.Request) -> web.StreamResponse:
+    path = request.app[RENDERER].vendor_path(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="the card renderer is not available: see GET /local/renderer")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,282 @@
+"""The playground in a real browser: `python -m bot serve` in local mode, driven through headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.knowledge import KnowledgeBase
+from bot.renderer import Renderer
+from tests.conftest import KNOWLEDGE_DIR, ROOT
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError as exc:  # CI installs it; a missing browser stack must fail loudly, never skip
+    PLAYWRIGHT_ERROR: str | None = f"{exc}: pip install playwright (see pyproject's test extra)"
+else:
+    PLAYWRIGHT_ERROR = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_PRESENT = CHROMIUM.exists()
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+STARTUP_SECONDS = 30.0
+UI_TIMEOUT_MS = 15_000
+MESSAGE = "blank screen when I sign in"
+NOTE = "Tried restarting twice, still blank."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.fixture(scope="session")
+def renderer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HOME whose ~/.cache/helpdesk-bot holds the renderer, fetched once per session by the bot's own code."""
+    home = tmp_path_factory.mktemp("home")
+    renderer = Renderer(cache_dir=home / ".cache" / "helpdesk-bot")
+
+    async def fetch() -> str:
+        renderer.start()
+        return await renderer.wait()
+
+    status = asyncio.run(fetch())
+    if status != "ready":
+        pytest.fail(f"could not fetch the Adaptive Cards renderer with npm ({status}): {renderer.detail}")
+    return home
+
+
+@contextlib.contextmanager
+def run_server(tmp_path: Path, home: Path, **env_overrides: str) -> Iterator[str]:
+    """A real `python -m bot serve` in local mode on a free port; yields its base URL."""
+    port = _free_port()
+    cache = home / ".cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBEX_", "HELPDESK_", "PUBLIC_URL"))}
+    env.update(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+            "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(ROOT),
+            # The renderer cache under this HOME, whichever way the bot is told where it is.
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(cache),
+            "RENDERER_CACHE_DIR": str(cache / "helpdesk-bot"),
+            **env_overrides,
+        }
+    )
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        # cwd is the temp folder so that no .env of a developer's turns local mode off.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def server_log() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{server_log()}")
+            try:
+                if (
+                    _get(f"{base}/readyz")[0] == 200
+                    and b'"fetching"' not in _get(f"{base}/local/renderer")[1]
+                ):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready in {STARTUP_SECONDS:.0f}s:\n{server_log()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in server_log(), server_log()
+
+
+@pytest.fixture
+def server(tmp_path: Path, renderer_home: Path) -> Iterator[str]:
+    with run_server(tmp_path, renderer_home) as base:
+        status = json.loads(_get(f"{base}/local/renderer")[1])
+        assert status["status"] == "ready", status
+        yield base
+
+
+@pytest.fixture
+def server_without_npm(tmp_path: Path) -> Iterator[str]:
+    """No renderer in the cache and no npm on the PATH."""
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    with run_server(tmp_path, home, PATH=str(Path(sys.executable).parent)) as base:
+        yield base
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if PLAYWRIGHT_ERROR is not None:
+        pytest.fail(f"Playwright is not installed: {PLAYWRIGHT_ERROR}")
+    if not CHROMIUM_PRESENT:
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
+            "(apt-get update && apt-get install -y chromium)"
+        )
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_playground(browser: Browser, base: str) -> tuple[Page, list[str]]:
+    page = await browser.new_page(viewport={"width": 1000, "height": 1400})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+    page.on(
+        "console",
+        lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None,
+    )
+    await page.goto(base + "/")
+    await expect(page.get_by_role("heading", name="Helpdesk bot playground")).to_be_visible()
+    return page, problems
+
+
+async def ask(page: Page, text: str) -> Any:
+    """Send `text` from the employee tab; returns the bot's rendered card (a renderer DOM element)."""
+    await page.get_by_label("Message the bot").fill(text)
+    await page.get_by_label("Message the bot").press("Enter")
+    log = page.locator("#log-employee")
+    await expect(log.locator(".message.from-person", has_text=text)).to_be_visible()
+    card = log.locator(".message.from-bot .ac-adaptiveCard").last
+    await expect(card).to_be_visible()
+    return card
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+async def test_feedback_yes_is_thanked_in_the_browser(
+    server: str, browser: Browser, kb: KnowledgeBase
+) -> None:
+    page, problems = await open_playground(browser, server)
+    card = await ask(page, MESSAGE)
+    article = kb.articles["blank-screen"]
+    await expect(card).to_contain_text(article.title)
+    await expect(card).to_contain_text(article.steps[0].text)
+    # Markdown in TextBlocks went through markdown-it (no literal ** left), i.e. the real renderer path.
+    assert "**" not in await card.inner_text()
+    # Action.OpenUrl opens a new tab (answered here, so that nothing leaves the machine).
+    await page.context.route("https://helpdesk.example.com/**", lambda route: route.fulfill(body="portal"))
+    async with page.expect_popup() as popup:
+        await card.get_by_role("link", name="Helpdesk portal").click()
+    portal = await popup.value
+    await expect(portal.locator("body")).to_have_text("portal")
+    assert portal.url.startswith("https://helpdesk.example.com/")
+    await portal.close()
+    await card.get_by_role("button", name="Yes, it helped").click()
+    await expect(page.locator("#log-employee .message.from-bot").last).to_contain_text("Thanks")
+    await expect(page.get_by_role("contentinfo")).to_contain_text("adaptivecards 3.")
+    await screenshot(page, "playground-feedback.png")
+    assert not problems, problems
+
+
+async def test_an_article_preview_renders(server: str, browser: Browser, kb: KnowledgeBase) -> None:
+    page, problems = await open_playground(browser, server)
+    await page.get_by_role("tab", name="Preview an article").click()
+    await page.get_by_label("Article", exact=True).select_option("1000:1002")
+    card = page.locator("#preview .ac-adaptiveCard")
+    await expect(card).to_be_visible()
+    await expect(card).to_contain_text(kb.articles["1000:1002"].title)
+    await screenshot(page, "playground-preview.png")
+    assert not problems, problems
+
+
+async def test_escalation_reaches_the_helpdesk_tab(server: str, browser: Browser) -> None:
+    page, problems = await open_playground(browser, server)
+    card = await ask(page, MESSAGE)
+    await card.get_by_role("button", name="Contact the helpdesk").click()
+    send_button = page.get_by_role("button", name="Send to the helpdesk")
+    note_card = page.locator("#log-employee .ac-adaptiveCard").filter(has=send_button).last
+    await expect(note_card).to_be_visible()
+    # The card's Input.Text "note": its value must reach the bot merged into the submit, as in Webex.
+    await note_card.get_by_role("textbox").fill(NOTE)
+    await note_card.get_by_role("button", name="Send to the helpdesk").click()
+    await expect(page.locator("#helpdesk-unread")).to_be_visible()
+    await screenshot(page, "playground-employee.png")
+
+    await page.get_by_role("tab", name="Helpdesk").click()
+    ticket = page.locator("#log-helpdesk .ac-adaptiveCard").first
+    await expect(ticket).to_be_visible()
+    await expect(ticket).to_contain_text("HD-")
+    await expect(ticket).to_contain_text(NOTE)
+    await screenshot(page, "playground-helpdesk.png")
+    assert not problems, problems
+
+
+async def test_without_the_renderer_the_page_says_what_to_run(
+    server_without_npm: str, browser: Browser
+) -> None:
+    page, problems = await open_playground(browser, server_without_npm)
+    banner = page.locator("#renderer-status")
+    await expect(banner).to_contain_text("npm is not installed")
+    await expect(banner.locator("code")).to_contain_text("npm install --prefix ")
+    await expect(banner.locator("code")).to_contain_text("adaptivecards@3")
+    # Cards fall back to their markdown text, and the conversation still works.
+    await page.get_by_label("Message the bot").fill(MESSAGE)
+    await page.get_by_label("Message the bot").press("Enter")
+    reply = page.locator("#log-employee .message.from-bot").last
+    await expect(reply).to_contain_text("Sign-in to Webex shows a blank screen")
+    assert await page.locator(".ac-adaptiveCard").count() == 0
+    await screenshot(page, "playground-no-renderer.png")
+    assert not problems, problems
