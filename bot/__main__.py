@@ -152,6 +152,40 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from bot.cards import stats_lines
+    from bot.store import Stats, Store, StoreUnavailable
+
+    match = re.fullmatch(r"(\d{1,3})d?", args.period.strip().lower())
+    if match is None:
+        print("usage: stats [7d|30d|Nd]", file=sys.stderr)
+        return EXIT_USAGE
+    days = max(1, int(match.group(1)))
+
+    async def fetch() -> Stats:
+        store = await Store.open(settings.database_url)
+        try:
+            return await store.stats(since=datetime.now(UTC) - timedelta(days=days))
+        finally:
+            await store.close()
+
+    kb = _load(settings)
+    try:
+        stats = asyncio.run(fetch())
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    lines = stats_lines(stats, days, kb)
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label:<{width}}  {value}")
+    return EXIT_OK
+
+
 def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
     from bot import registration
 
@@ -193,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     hsub.add_parser("list", help="list all webhooks of this token, marking ours")
     hsub.add_parser("delete", help="delete ours (never anyone else's)")
     hooks.set_defaults(func=cmd_webhooks)
+    stats = sub.add_parser(
+        "stats", help="what the bot did: answers, feedback, deflection, tickets (DATABASE_URL)"
+    )
+    stats.add_argument("period", nargs="?", default="7d", help="7d (default), 30d or Nd")
+    stats.set_defaults(func=cmd_stats)
     whoami = sub.add_parser("whoami", help="who the token belongs to")
     whoami.set_defaults(func=cmd_whoami)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from bot.triage import TriageIndex
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL_SECONDS = 60.0
+MAX_SETUP_PAGES = 10_000
 
 
 class WebexAPI(Protocol):
@@ -82,6 +84,15 @@ class BotContext:
     metrics: Metrics
     me: Person | None = None
     members: MembershipCache = field(default_factory=MembershipCache)
+    # The setup-guide page each person last saw, per room, so "next" and "previous" work as text too.
+    # In memory on purpose: losing it on restart costs one "okta setup"; bounded so it cannot grow forever.
+    setup_pages: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
+
+    def remember_setup_page(self, room_id: str, person_id: str, page: int) -> None:
+        self.setup_pages[(room_id, person_id)] = page
+        self.setup_pages.move_to_end((room_id, person_id))
+        while len(self.setup_pages) > MAX_SETUP_PAGES:
+            self.setup_pages.popitem(last=False)
 
     @property
     def identity(self) -> Person:

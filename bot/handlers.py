@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bot import cards, tickets
 from bot.cards import (
@@ -21,6 +23,7 @@ from bot.cards import (
     TicketFixedData,
 )
 from bot.context import BotContext, Knowledge, WebexAPI, post_reply
+from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.routing import reply_parent, route, strip_mention
@@ -122,16 +125,64 @@ async def answer(text: str, message: Message, ctx: BotContext) -> Reply:
         return Reply(await tickets.list_command(ctx, message, mine=r.kind == "my_tickets"), "tickets")
     if r.kind == "ticket":
         return Reply(await tickets.show_command(ctx, message, r.ticket), "ticket")
+    if r.kind in {"stats", "unmatched", "reload"}:
+        if not ctx.settings.is_admin(message.person_email):
+            return Reply(cards.refusal(ADMIN_ONLY), "refusal")
+        if r.kind == "stats":
+            stats = await ctx.store.stats(since=datetime.now(UTC) - timedelta(days=r.days))
+            return Reply(cards.stats_card(stats, r.days, kb), "stats")
+        if r.kind == "unmatched":
+            return Reply(cards.unmatched_list(await ctx.store.unmatched(limit=20)), "unmatched")
+        return Reply(await reload_knowledge(ctx, message.person_email), "reload")
+    if r.kind in {"setup_next", "setup_previous"}:
+        seen = ctx.setup_pages.get((message.room_id, message.person_id))
+        if seen is None:
+            return Reply(cards.text_message("Send “okta setup” to start the setup guide."), "setup")
+        page = seen + (1 if r.kind == "setup_next" else -1)
+        return _setup_page(ctx, message.room_id, message.person_id, page, thread_id)
     if r.kind in {"empty", "help"}:
-        return Reply(
-            cards.help_card(kb, ctx.settings.is_admin(message.person_email), thread_id=thread_id), "help"
-        )
+        admin = ctx.settings.is_admin(message.person_email)
+        return Reply(cards.help_card(kb, admin, thread_id=thread_id, admin_commands=ADMIN_COMMANDS), "help")
     if r.kind == "setup":
-        return Reply(
-            cards.setup_guide_card(kb, r.step // SETUP_PAGE_SIZE, thread_id, SETUP_PAGE_SIZE), "setup"
-        )
+        return _setup_page(ctx, message.room_id, message.person_id, r.step // SETUP_PAGE_SIZE, thread_id)
     result = triage(text, index)
     return Reply(cards.build(result, kb, thread_id, text, message.id), f"triage-{result.outcome}", result)
+
+
+ADMIN_ONLY = (
+    "Sorry, that command is for the bot's admins. Ask your Webex administrator if you need the numbers."
+)
+ADMIN_COMMANDS = (
+    ("stats [7d|30d]", "how the bot is doing: answers, feedback, deflection, escalations, tickets"),
+    ("unmatched", "the latest questions without a confident answer (where the knowledge has gaps)"),
+    ("reload knowledge", "re-read the knowledge files; on any error the current knowledge stays"),
+)
+
+
+def _setup_page(ctx: BotContext, room_id: str, person_id: str, page: int, thread_id: str) -> Reply:
+    guide = ctx.knowledge.kb.setup_guide
+    pages = max(1, -(-len(guide.steps) // SETUP_PAGE_SIZE)) if guide else 1
+    page = min(max(page, 0), pages - 1)
+    ctx.remember_setup_page(room_id, person_id, page)
+    return Reply(cards.setup_guide_card(ctx.knowledge.kb, page, thread_id, SETUP_PAGE_SIZE), "setup")
+
+
+async def reload_knowledge(ctx: BotContext, who: str) -> OutgoingMessage:
+    """Re-read KNOWLEDGE_DIR; keep the old knowledge on any error. Affects this replica (see README)."""
+    settings = ctx.settings
+    try:
+        # File reads and index building stay off the event loop.
+        new = await asyncio.to_thread(load_knowledge, settings.knowledge_dir, settings.link_overrides)
+        knowledge = await asyncio.to_thread(Knowledge.build, new)
+    except KnowledgeError as exc:
+        log.warning("knowledge reload by %s refused: %d problem(s)", who, len(exc.problems))
+        return cards.reload_failed([str(p) for p in exc.problems])
+    diff = diff_knowledge(ctx.knowledge.kb, new)
+    ctx.knowledge = knowledge
+    log.info(
+        "knowledge reloaded by %s: +%d -%d ~%d", who, len(diff.added), len(diff.removed), len(diff.changed)
+    )
+    return cards.reload_done(diff.added, diff.removed, diff.changed, len(new.articles))
 
 
 def _outcome_label(outcome: str) -> str:
@@ -208,8 +259,8 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
             reply = cards.article_card(article, kb, submit.thread_id)
         await post_reply(ctx, event, action.room_id, parent, reply, kind="article")
     elif isinstance(submit, SetupPageData):
-        reply = cards.setup_guide_card(kb, submit.page, submit.thread_id, SETUP_PAGE_SIZE)
-        await post_reply(ctx, event, action.room_id, parent, reply, kind="setup")
+        page = _setup_page(ctx, action.room_id, action.person_id, submit.page, submit.thread_id)
+        await post_reply(ctx, event, action.room_id, parent, page.message, kind="setup")
     elif isinstance(submit, EscalateData):
         await tickets.offer_escalation(
             ctx, event, action.room_id, parent, submit.thread_id, submit.article_id, submit.origin_id

@@ -52,7 +52,27 @@ _ESCALATE = frozenset(
 _MY_TICKETS = frozenset({"my tickets", "my ticket", "tickets mine", "show my tickets", "list my tickets"})
 _TICKETS = frozenset({"tickets", "open tickets", "list tickets", "show tickets", "queue"})
 
-RouteKind = Literal["empty", "help", "setup", "triage", "escalate", "my_tickets", "tickets", "ticket"]
+_STATS = re.compile(r"^(?:stats|statistics)(?: (?:for |last )?(\d{1,3}) ?(?:d|days?))?$")
+_RELOAD = frozenset({"reload knowledge", "reload", "knowledge reload", "reload the knowledge"})
+_UNMATCHED = frozenset({"unmatched", "gaps", "unanswered", "show unmatched"})
+_NEXT = frozenset({"next", "next step", "next steps", "next page", "more"})
+_PREVIOUS = frozenset({"previous", "prev", "back", "previous step", "previous steps", "previous page"})
+
+RouteKind = Literal[
+    "empty",
+    "help",
+    "setup",
+    "setup_next",
+    "setup_previous",
+    "triage",
+    "escalate",
+    "my_tickets",
+    "tickets",
+    "ticket",
+    "stats",
+    "unmatched",
+    "reload",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,7 @@ class Route:
     text: str
     step: int = 0  # setup guide: the 0-based step asked for
     ticket: str = ""  # "HD-1042" for the ticket route
+    days: int = 7  # the stats period
 
 
 def bare_id(webex_id: str) -> str:
@@ -118,6 +139,17 @@ def route(text: str) -> Route:
         return Route("empty", text)
     if command in {"help", "/help", "?", "what can you do", "commands", "menu", "hi", "hello", "hey"}:
         return Route("help", text)
+    stats = _STATS.match(command)
+    if stats:
+        return Route("stats", text, days=min(365, max(1, int(stats.group(1) or 7))))
+    if command in _UNMATCHED:
+        return Route("unmatched", text)
+    if command in _RELOAD:
+        return Route("reload", text)
+    if command in _NEXT:
+        return Route("setup_next", text)
+    if command in _PREVIOUS:
+        return Route("setup_previous", text)
     if command in _ESCALATE or command.removeprefix("please ").removeprefix("i want to ") in _ESCALATE:
         return Route("escalate", text)
     if command in _MY_TICKETS:
