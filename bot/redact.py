@@ -32,9 +32,24 @@ _CODE_NEAR = re.compile(
 )
 
 
+# Words that follow "my password is" in a complaint rather than a leak.
+_NOT_SECRETS = frozenset(
+    """not wrong incorrect correct right expired invalid blocked locked reset required rejected accepted missing
+    empty fine ok okay same too also still now the a an my your being changed working broken short long weak
+    strong new old definitely correctly saved known unknown""".split()
+)
+
+
+def _mask_value(m: re.Match[str]) -> str:
+    value = m.group(2)
+    if value.casefold().strip(".,!?") in _NOT_SECRETS:
+        return m.group(0)
+    return m.group(1) + MASK
+
+
 def redact(text: str) -> str:
     """Mask secret values; leave error codes such as 1000:1002 alone."""
     for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        text = pattern.sub(_mask_value, text)
     text = _CODE_NEAR.sub(lambda m: (m.group(1) or m.group(3)) + MASK, text)
     return _OPAQUE.sub(MASK, text)

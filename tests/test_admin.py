@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -133,7 +134,8 @@ async def test_stats_cli(fake_webex: FakeWebex, world: dict[str, Any], tmp_path:
     settings = make_settings(fake_webex, db_url(tmp_path))
     async with Bot(fake_webex, settings) as bot:
         await say(bot, fake_webex, world["alice_room"], world["alice"], "Error: 1000:603")
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "bot", "stats", "7d"],
         cwd=ROOT,
         capture_output=True,
