@@ -738,10 +738,8 @@ def _decide(
 
 def _same_evidence(a: _Candidate, b: _Candidate) -> bool:
     # Two codes that share one message text can't be told apart by any wording: answering one and naming
-    # the other beats asking the user a question they cannot answer.
-    return (
-        a.explained == b.explained and abs(a.score - b.score) < 0.02 and min(a.score, b.score) >= CONFIDENT_AT
-    )
+    # the other beats asking the user a question they cannot answer (and a "which of these?" listing twins).
+    return a.explained == b.explained and abs(a.score - b.score) < 0.02
 
 
 def _same_family(a: str, b: str, index: TriageIndex) -> bool:
@@ -755,8 +753,8 @@ def _dominates(a: _Candidate, b: _Candidate) -> bool:
 
 
 def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple[Match, ...]:
-    # Twins (same evidence) can only be strong text matches, so only those are compared pairwise.
-    strong = [c for c in ranked if c.evidence == "text" and c.score >= CONFIDENT_AT]
+    # Twins (same evidence) are grouped among the text matches worth showing at all.
+    strong = [c for c in ranked if c.evidence == "text" and c.score >= CLARIFY_AT]
     out: list[Match] = []
     consumed: set[str] = set()
     for cand in ranked:
