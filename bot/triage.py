@@ -20,6 +20,7 @@ MAX_CODE_SCAN_CHARS = 20_000
 MAX_TEXT_CHARS = 2_000
 MAX_TOKENS = 80
 MAX_CODES = 10
+COMMON_POSTINGS = 12  # a word in more phrases than this only adds to phrases a rarer word found
 MAX_CANDIDATES = 8  # text candidates kept per message: the ladder looks at the top three
 
 # Scores in [0, 1]. An exact code is certain; a bare suffix after "error"/"code" almost so; a number
@@ -479,6 +480,7 @@ class TriageIndex:
     names_re: re.Pattern[str] | None = None
     phrases: list[_Phrase] = field(default_factory=list)
     postings: dict[str, list[int]] = field(default_factory=dict)  # token -> phrase indexes
+    posting_sets: dict[str, frozenset[int]] = field(default_factory=dict)  # the same, for common tokens
     idf: dict[str, float] = field(default_factory=dict)
     vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
     out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
@@ -525,6 +527,9 @@ class TriageIndex:
             for tok in phrase.weights:
                 postings[tok].append(i)
         index.postings = dict(postings)
+        index.posting_sets = {
+            tok: frozenset(ids) for tok, ids in postings.items() if len(ids) > COMMON_POSTINGS
+        }
         # Per-phrase constants of the score, so the hot loop is two multiplications and an add.
         # A phrase made of common words ("webex login") is a topic hint, not an answer by itself: info < 1.
         for phrase in index.phrases:
@@ -640,10 +645,21 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
     # One sum serves both sides: the matched weight (typos count by their similarity) over the phrase's
     # total is how much of the phrase the message covers; over the message's total, how much it explains.
     matched: dict[int, float] = {}
-    for tok, sim in seen.items():
-        w = idf[tok] * sim
+    common = [t for t in seen if len(postings.get(t, ())) > COMMON_POSTINGS]
+    rare = [t for t in seen if t not in common]
+    for tok in rare or common:
+        w = idf[tok] * seen[tok]
         for i in postings.get(tok, ()):
             matched[i] = matched.get(i, 0.0) + w
+    if rare:
+        # A phrase made only of common words has too little weight to be an answer (see min_info), so common
+        # words only add to phrases a rarer word already found: the cost follows the hits, not the catalogue.
+        for tok in common:
+            w = idf[tok] * seen[tok]
+            members = index.posting_sets[tok]
+            for i in matched:
+                if i in members:
+                    matched[i] += w
     inv_query = 1.0 / sum(idf[t] for t in seen)
     cover_coef, explain_coef, article_of = index.cover_coef, index.explain_coef, index.article_of
     best: dict[str, tuple[float, int]] = {}
