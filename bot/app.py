@@ -76,6 +76,7 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
                 session,
                 str(settings.webex_api_url),
                 token.get_secret_value(),
+                timeout=settings.webex_timeout_seconds,
                 on_response=metrics.on_webex_response,
             )
         ctx = BotContext(
@@ -89,7 +90,7 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
             on_failure=lambda event, final: metrics.events_failed.labels(
                 event.resource, "yes" if final else "no"
             ).inc(),
-            **worker_options,
+            **{"lease_seconds": settings.worker_lease_seconds, **worker_options},
         )
         app[CONTEXT], app[WORKER], app[SESSION] = ctx, worker, session
         worker.start()

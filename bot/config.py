@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 - a webhook receiver must be reachable from outside the container
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
+    # How long a worker's claim on an event lasts without a heartbeat: after a crash (kill -9) the event is
+    # taken up again, by a restart or another replica, within about this long. Live workers renew every third.
+    worker_lease_seconds: float = Field(default=30.0, ge=2.0, le=3600.0)
+    # Per-call timeout of Webex API requests (each retry gets its own).
+    webex_timeout_seconds: float = Field(default=10.0, gt=0.0, le=120.0)
+
     # Escalation links: override the defaults in knowledge/links.toml without editing the files.
     helpdesk_portal_url: str | None = None
     helpdesk_space_url: str | None = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,13 +15,15 @@ from bot.config import Settings
 from bot.knowledge import KnowledgeBase
 from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
-from bot.store import InboxEvent, Store
+from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.triage import TriageIndex
 
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TTL_SECONDS = 60.0
 MAX_SETUP_PAGES = 10_000
+MAX_REMEMBERED_REPLIES = 10_000
+RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 class WebexAPI(Protocol):
@@ -87,6 +90,14 @@ class BotContext:
     # The setup-guide page each person last saw, per room, so "next" and "previous" work as text too.
     # In memory on purpose: losing it on restart costs one "okta setup"; bounded so it cannot grow forever.
     setup_pages: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
+    # Replies posted by this process, by event: if recording one in the database fails, the retry of the
+    # event still knows not to post it again.
+    posted: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    def remember_posted(self, event_id: str, message_id: str) -> None:
+        self.posted[event_id] = message_id
+        while len(self.posted) > MAX_REMEMBERED_REPLIES:
+            self.posted.popitem(last=False)
 
     def remember_setup_page(self, room_id: str, person_id: str, page: int) -> None:
         self.setup_pages[(room_id, person_id)] = page
@@ -101,6 +112,33 @@ class BotContext:
         return self.me
 
 
+async def _send(
+    ctx: BotContext, room_id: str, parent_id: str | None, reply: OutgoingMessage, kind: str
+) -> Message:
+    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
+    posted = await ctx.webex.post_message(
+        room_id=body["roomId"],
+        parent_id=body.get("parentId"),
+        markdown=body["markdown"],
+        attachments=body.get("attachments"),
+    )
+    ctx.metrics.replies_sent.labels(kind).inc()
+    return posted
+
+
+async def _keep(ctx: BotContext, write: Callable[[], Awaitable[None]], what: str) -> None:
+    """Write a fact about something already posted, riding out a short database outage: losing it would post
+    the same message again when the event is retried."""
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            await write()
+            return
+        except StoreUnavailable as exc:
+            log.warning("could not record %s yet (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+    await write()
+
+
 async def post_reply(
     ctx: BotContext,
     event: InboxEvent,
@@ -111,32 +149,32 @@ async def post_reply(
     kind: str,
 ) -> None:
     """Post once per event: a retried event whose reply already went out does not post again."""
-    if event.reply_message_id:
-        log.info(
-            "event %s already answered with %s; not posting again", event.event_id, event.reply_message_id
-        )
+    known = event.reply_message_id or ctx.posted.get(event.event_id)
+    if known:
+        log.info("event %s already answered with %s; not posting again", event.event_id, known)
+        if not event.reply_message_id:
+            await _keep(ctx, lambda: ctx.store.record_reply(event.event_id, known), "the reply id")
         return
-    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
-    posted = await ctx.webex.post_message(
-        room_id=body["roomId"],
-        parent_id=body.get("parentId"),
-        markdown=body["markdown"],
-        attachments=body.get("attachments"),
-    )
-    await ctx.store.record_reply(event.event_id, posted.id)
-    ctx.metrics.replies_sent.labels(kind).inc()
+    posted = await _send(ctx, room_id, parent_id, reply, kind)
+    ctx.remember_posted(event.event_id, posted.id)
+    await _keep(ctx, lambda: ctx.store.record_reply(event.event_id, posted.id), "the reply id")
 
 
 async def post_once(
-    ctx: BotContext, room_id: str, parent_id: str | None, reply: OutgoingMessage, *, kind: str
-) -> Message:
-    """Post a message that is not the event's own reply (a notice to the other side of a ticket)."""
-    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
-    posted = await ctx.webex.post_message(
-        room_id=body["roomId"],
-        parent_id=body.get("parentId"),
-        markdown=body["markdown"],
-        attachments=body.get("attachments"),
-    )
-    ctx.metrics.replies_sent.labels(kind).inc()
+    ctx: BotContext,
+    room_id: str,
+    parent_id: str | None,
+    reply: OutgoingMessage,
+    *,
+    kind: str,
+    event: InboxEvent,
+    step: str,
+) -> Message | None:
+    """Post a message that is not the event's own reply (a notice to the other side of a ticket), once per
+    event and step: a retried event skips what it already posted. None when it was posted before."""
+    if step in await ctx.store.effects(event.event_id):
+        log.info("event %s: %s was already posted", event.event_id, step)
+        return None
+    posted = await _send(ctx, room_id, parent_id, reply, kind)
+    await _keep(ctx, lambda: ctx.store.record_effect(event.event_id, step, posted.id), step)
     return posted

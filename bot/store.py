@@ -255,6 +255,18 @@ messages_log = Table(
 )
 
 
+# Side effects of one inbox event beyond its reply (a notice to the requester, a ticket card): recorded when
+# done, so an event retried after a crash finishes what is missing instead of repeating what is not.
+event_effects = Table(
+    "event_effects",
+    metadata,
+    Column("event_id", String(255), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("message_id", String(255), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class InboxEvent:
     """One webhook delivery as the inbox holds it."""
@@ -557,7 +569,18 @@ UPGRADE_TO_V2: list[UpgradeStatement] = [
 # UPGRADES[i] takes a version i+1 database to version i+2. To add a version: change the Tables above to the new
 # shape (fresh databases are built from them) AND append the statements that bring the previous version there.
 # tests/test_store.py checks that an upgraded database and a fresh one come out the same.
-UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2]
+UPGRADE_TO_V3: list[UpgradeStatement] = [
+    _each_backend(
+        """CREATE TABLE event_effects (
+            event_id VARCHAR(255) NOT NULL,
+            step VARCHAR(64) NOT NULL,
+            message_id VARCHAR(255) NOT NULL,
+            created_at {timestamp} NOT NULL,
+            CONSTRAINT pk_event_effects PRIMARY KEY (event_id, step))"""
+    ),
+]
+
+UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2, UPGRADE_TO_V3]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
@@ -781,6 +804,30 @@ class Store:
         async with self._begin() as conn:
             row = (await conn.execute(select(inbox).where(inbox.c.event_id == event_id))).first()
         return None if row is None else InboxEvent.from_row(row)
+
+    async def renew_leases(self, worker_id: str, lease_seconds: float) -> int:
+        """Extend the leases this worker holds: a live worker keeps its events, a dead one loses them soon."""
+        renew = (
+            update(inbox)
+            .where(inbox.c.status == "working", inbox.c.leased_by == worker_id)
+            .values(lease_until=self._now() + timedelta(seconds=lease_seconds))
+        )
+        async with self._begin() as conn:
+            return (await conn.execute(renew)).rowcount
+
+    async def record_effect(self, event_id: str, step: str, message_id: str) -> None:
+        values = {"event_id": event_id, "step": step, "message_id": message_id, "created_at": self._now()}
+        async with self._begin() as conn:
+            await conn.execute(
+                _insert_or_ignore(self.dialect, event_effects, "event_id", values, ("event_id", "step"))
+            )
+
+    async def effects(self, event_id: str) -> dict[str, str]:
+        query = select(event_effects.c.step, event_effects.c.message_id).where(
+            event_effects.c.event_id == event_id
+        )
+        async with self._begin() as conn:
+            return {row.step: row.message_id for row in await conn.execute(query)}
 
     async def release_worker(self, worker_id: str) -> int:
         # A shutdown is not the event's fault, so the interrupted attempt is given back.
@@ -1339,10 +1386,12 @@ class Store:
         return func.json_each(column).table_valued("value")
 
 
-def _insert_or_ignore(dialect: str, table: Table, key: str, values: Mapping[str, Any]) -> Insert:
+def _insert_or_ignore(
+    dialect: str, table: Table, key: str, values: Mapping[str, Any], keys: Sequence[str] = ()
+) -> Insert:
     # A duplicate is an answer, not an error (and must not abort a PostgreSQL transaction).
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(table).values(values).on_conflict_do_nothing(index_elements=[key])
+    return insert(table).values(values).on_conflict_do_nothing(index_elements=list(keys) or [key])
 
 
 def _ticket_key(number: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from bot import cards
 from bot.cards import (
@@ -22,6 +23,8 @@ from bot.store import InboxEvent, Ticket, TicketChange
 from bot.webex import WebexNotFound
 
 log = logging.getLogger(__name__)
+
+TRANSITION = "transition"  # the event-effect step that marks a ticket change as done
 
 TRANSCRIPT_LINES = 10
 
@@ -84,8 +87,12 @@ async def file_ticket(
         log.info("ticket %s filed by %s", ticket.number, action.person_id)
     helpdesk_room = ctx.settings.helpdesk_room_id
     if helpdesk_room and not ticket.helpdesk_message_id:
-        posted = await post_once(ctx, helpdesk_room, None, cards.ticket_card(ticket, kb), kind="ticket")
-        await ctx.store.set_helpdesk_message(ticket.number, posted.id)
+        card = cards.ticket_card(ticket, kb)
+        posted = await post_once(
+            ctx, helpdesk_room, None, card, kind="ticket", event=event, step="ticket-card"
+        )
+        card_id = posted.id if posted else (await ctx.store.effects(event.event_id))["ticket-card"]
+        await ctx.store.set_helpdesk_message(ticket.number, card_id)
     elif not helpdesk_room:
         log.warning("ticket %s filed but HELPDESK_ROOM_ID is not set: nobody is told", ticket.number)
     confirmation = cards.ticket_filed_card(ticket, submit.thread_id, bool(helpdesk_room))
@@ -103,14 +110,35 @@ async def _requester_parent(ctx: BotContext, ticket: Ticket) -> str | None:
     return ticket.thread_id if first.room_type == "group" else None
 
 
-async def _tell_requester(ctx: BotContext, ticket: Ticket, message: OutgoingMessage, kind: str) -> None:
-    await post_once(ctx, ticket.room_id, await _requester_parent(ctx, ticket), message, kind=kind)
+async def _tell_requester(
+    ctx: BotContext, event: InboxEvent, ticket: Ticket, message: OutgoingMessage, kind: str
+) -> None:
+    parent = await _requester_parent(ctx, ticket)
+    await post_once(ctx, ticket.room_id, parent, message, kind=kind, event=event, step="requester")
 
 
-async def _tell_helpdesk(ctx: BotContext, ticket: Ticket, markdown: str, kind: str) -> None:
+async def _tell_helpdesk(
+    ctx: BotContext, event: InboxEvent, ticket: Ticket, markdown: str, kind: str
+) -> None:
     room = ctx.settings.helpdesk_room_id
     if room:
-        await post_once(ctx, room, ticket.helpdesk_message_id, cards.text_message(markdown), kind=kind)
+        message = cards.text_message(markdown)
+        await post_once(
+            ctx, room, ticket.helpdesk_message_id, message, kind=kind, event=event, step="helpdesk"
+        )
+
+
+async def _transition(
+    ctx: BotContext, event: InboxEvent, number: str, change: Callable[[], Awaitable[TicketChange | None]]
+) -> TicketChange | None:
+    """Run a ticket transition once per event: a retry after a crash resumes with the notices it missed."""
+    if TRANSITION in await ctx.store.effects(event.event_id):
+        ticket = await ctx.store.get_ticket(number)
+        return None if ticket is None else TicketChange(ok=True, ticket=ticket)
+    result = await change()
+    if result is not None and result.ok:
+        await ctx.store.record_effect(event.event_id, TRANSITION, result.ticket.number)
+    return result
 
 
 async def on_helpdesk_action(
@@ -132,18 +160,33 @@ async def on_helpdesk_action(
     person = await ctx.webex.get_person(action.person_id)
     name = person.display_name or (person.emails[0] if person.emails else "someone")
     first = person.first_name or name.split(" ")[0]
-    change: TicketChange | None
+    store = ctx.store
     if isinstance(submit, ClaimData):
-        change = await ctx.store.claim_ticket(submit.number, assignee_id=action.person_id, assignee_name=name)
+        change = await _transition(
+            ctx,
+            event,
+            submit.number,
+            lambda: store.claim_ticket(submit.number, assignee_id=action.person_id, assignee_name=name),
+        )
     elif isinstance(submit, ResolveData):
         resolution = redact(submit.resolution.strip())
-        change = await ctx.store.resolve_ticket(
-            submit.number, by_id=action.person_id, by_name=name, resolution=resolution
+        change = await _transition(
+            ctx,
+            event,
+            submit.number,
+            lambda: store.resolve_ticket(
+                submit.number, by_id=action.person_id, by_name=name, resolution=resolution
+            ),
         )
     else:
         question = redact(submit.question.strip())
-        change = await ctx.store.request_info(
-            submit.number, by_id=action.person_id, by_name=name, question=question
+        change = await _transition(
+            ctx,
+            event,
+            submit.number,
+            lambda: store.request_info(
+                submit.number, by_id=action.person_id, by_name=name, question=question
+            ),
         )
     if change is None:
         await post_reply(
@@ -183,7 +226,7 @@ async def on_helpdesk_action(
             kind="ticket-claimed",
         )
         notice = f"{cards.escape_user_text(first, 40)} from the helpdesk is on it ({ticket.number})."
-        await _tell_requester(ctx, ticket, cards.text_message(notice), kind="requester-claimed")
+        await _tell_requester(ctx, event, ticket, cards.text_message(notice), kind="requester-claimed")
     elif isinstance(submit, ResolveData):
         await post_reply(
             ctx,
@@ -195,6 +238,7 @@ async def on_helpdesk_action(
         )
         await _tell_requester(
             ctx,
+            event,
             ticket,
             cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id),
             kind="requester-resolved",
@@ -209,7 +253,7 @@ async def on_helpdesk_action(
             kind="ticket-question",
         )
         card = cards.info_request_card(ticket, name, submit.question, ticket.thread_id or ticket.room_id)
-        await _tell_requester(ctx, ticket, card, kind="requester-question")
+        await _tell_requester(ctx, event, ticket, card, kind="requester-question")
 
 
 async def on_requester_action(
@@ -235,10 +279,17 @@ async def on_requester_action(
                 kind="ticket-fixed",
             )
             return
-        change = await ctx.store.reopen_ticket(submit.number, requester_id=action.person_id)
+        store = ctx.store
+        change = await _transition(
+            ctx,
+            event,
+            submit.number,
+            lambda: store.reopen_ticket(submit.number, requester_id=action.person_id),
+        )
         if change is not None and change.ok:
             await _tell_helpdesk(
                 ctx,
+                event,
                 change.ticket,
                 f"{change.ticket.number} was reopened: the requester says it is still broken.",
                 kind="ticket-reopened",
@@ -251,9 +302,12 @@ async def on_requester_action(
         )
     elif isinstance(submit, AnswerInfoData):
         answer = redact(submit.answer.strip())
-        await ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
+        if TRANSITION not in await ctx.store.effects(event.event_id):
+            await ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
+            await ctx.store.record_effect(event.event_id, TRANSITION, ticket.number)
         await _tell_helpdesk(
             ctx,
+            event,
             ticket,
             f"Answer from {cards.escape_user_text(ticket.requester_name, 60)} on {ticket.number}: "
             f"“{cards.escape_user_text(answer, 1500)}”",
@@ -268,10 +322,17 @@ async def on_requester_action(
             kind="ticket-answered",
         )
     else:
-        change = await ctx.store.cancel_ticket(submit.number, requester_id=action.person_id)
+        store = ctx.store
+        change = await _transition(
+            ctx,
+            event,
+            submit.number,
+            lambda: store.cancel_ticket(submit.number, requester_id=action.person_id),
+        )
         if change is not None and change.ok:
             await _tell_helpdesk(
                 ctx,
+                event,
                 change.ticket,
                 f"{change.ticket.number} was cancelled by the requester.",
                 kind="ticket-cancelled",

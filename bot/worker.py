@@ -30,7 +30,7 @@ class Worker:
         is_permanent: Callable[[BaseException], bool] = lambda exc: False,
         concurrency: int = 8,
         poll_interval: float = 1.0,
-        lease_seconds: float = 120.0,
+        lease_seconds: float = 30.0,
         retry_schedule: tuple[float, ...] = RETRY_SCHEDULE,
         on_failure: Callable[[InboxEvent, bool], None] | None = None,
     ) -> None:
@@ -49,9 +49,21 @@ class Worker:
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="inbox-worker")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="inbox-heartbeat")
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of in-flight events: a slow live worker keeps them, a dead one loses them fast."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if self._tasks:
+                try:
+                    await self.store.renew_leases(self.worker_id, self.lease_seconds)
+                except StoreUnavailable as exc:
+                    log.warning("could not renew leases: %s", exc)
 
     def notify(self) -> None:
         """A new event is in the inbox: look now rather than at the next poll."""
@@ -65,10 +77,11 @@ class Worker:
         """Stop taking events, let in-flight ones finish within `grace` seconds, and hand the rest back."""
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:
             log.info("waiting up to %.0fs for %d in-flight event(s)", grace, len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=grace)

@@ -162,7 +162,7 @@ async def test_concurrent_and_repeated_opens_leave_one_version_row(db_url: str, 
         await opened.close()
     third = await Store.open(db_url, now=clock)
     await third.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert await fetch_all(db_url, text("SELECT version FROM schema_version")) == [(SCHEMA_VERSION,)]
 
 
@@ -326,7 +326,7 @@ async def test_version_1_database_upgrades_in_place(db_url: str, clock: Clock, t
     try:
         await upgraded[1].close()
         versions = await fetch_all(db_url, text("SELECT version FROM schema_version ORDER BY 1"))
-        assert versions == [(1,), (2,)]
+        assert versions == [(1,), (2,), (3,)]
         old = await store.get_triage("old")
         assert old is not None
         assert (old.text, old.codes, old.thread_id, old.created_at) == (
@@ -642,3 +642,19 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
         finally:
             await store.close()
             await proxy.stop()
+
+
+async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock: Clock) -> None:
+    await store.enqueue_event("e1", "messages", {"id": "e1"})
+    (event,) = await store.claim_events("w1", lease_seconds=10)
+    clock.advance(8)
+    assert await store.renew_leases("w1", 10) == 1
+    clock.advance(8)  # 16 s after the claim: past the first lease, inside the renewed one
+    assert await store.claim_events("w2", lease_seconds=10) == []
+    clock.advance(3)
+    assert [e.event_id for e in await store.claim_events("w2", lease_seconds=10)] == ["e1"]
+    assert await store.renew_leases("w1", 10) == 0  # w1 lost it
+    await store.record_effect("e1", "requester-notice", "m-1")
+    await store.record_effect("e1", "requester-notice", "m-2")  # a replay records nothing new
+    assert await store.effects("e1") == {"requester-notice": "m-1"}
+    assert await store.effects("e2") == {}
