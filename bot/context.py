@@ -17,6 +17,7 @@ from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.triage import TriageIndex
+from bot.webex import WebexError, WebexMaybePosted
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ MEMBERSHIP_TTL_SECONDS = 60.0
 MAX_SETUP_PAGES = 10_000
 MAX_REMEMBERED_REPLIES = 10_000
 RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+LOOKBACK_MESSAGES = 20
 
 
 class WebexAPI(Protocol):
@@ -33,6 +35,9 @@ class WebexAPI(Protocol):
     async def get_person(self, person_id: str) -> Person: ...
     async def get_message(self, message_id: str) -> Message: ...
     async def get_attachment_action(self, action_id: str) -> AttachmentAction: ...
+    async def list_messages(
+        self, *, room_id: str, parent_id: str | None = None, max: int = 50
+    ) -> list[Message]: ...
     async def is_member(self, room_id: str, person_id: str) -> bool: ...
     async def post_message(
         self,
@@ -139,6 +144,23 @@ async def _keep(ctx: BotContext, write: Callable[[], Awaitable[None]], what: str
     await write()
 
 
+async def _already_posted(
+    ctx: BotContext, room_id: str, parent_id: str | None, reply: OutgoingMessage
+) -> str | None:
+    """The id of this very reply if Webex already has it (a POST whose answer was lost), else None.
+
+    Webex has no idempotency keys, so the bot looks: its own message with the same text in the same thread.
+    Where Webex won't let a bot list a room, it cannot tell, and posting again is the lesser evil."""
+    markdown = reply.to_webex(room_id=room_id, parent_id=parent_id)["markdown"]
+    try:
+        recent = await ctx.webex.list_messages(room_id=room_id, parent_id=parent_id, max=LOOKBACK_MESSAGES)
+    except WebexError as exc:
+        log.warning("cannot check whether a reply in %s was already posted: %s", room_id, exc)
+        return None
+    me = ctx.identity.id
+    return next((m.id for m in recent if m.person_id == me and m.markdown == markdown), None)
+
+
 async def post_reply(
     ctx: BotContext,
     event: InboxEvent,
@@ -150,14 +172,23 @@ async def post_reply(
 ) -> None:
     """Post once per event: a retried event whose reply already went out does not post again."""
     known = event.reply_message_id or ctx.posted.get(event.event_id)
+    if not known and event.attempts > 1:
+        # A retry: an earlier attempt may have posted and died before hearing back.
+        known = await _already_posted(ctx, room_id, parent_id, reply)
     if known:
         log.info("event %s already answered with %s; not posting again", event.event_id, known)
         if not event.reply_message_id:
             await _keep(ctx, lambda: ctx.store.record_reply(event.event_id, known), "the reply id")
         return
-    posted = await _send(ctx, room_id, parent_id, reply, kind)
-    ctx.remember_posted(event.event_id, posted.id)
-    await _keep(ctx, lambda: ctx.store.record_reply(event.event_id, posted.id), "the reply id")
+    try:
+        posted_id = (await _send(ctx, room_id, parent_id, reply, kind)).id
+    except WebexMaybePosted:
+        found = await _already_posted(ctx, room_id, parent_id, reply)
+        if found is None:
+            raise  # not there: the worker retries, and the retry looks again before posting
+        posted_id = found
+    ctx.remember_posted(event.event_id, posted_id)
+    await _keep(ctx, lambda: ctx.store.record_reply(event.event_id, posted_id), "the reply id")
 
 
 async def post_once(

@@ -112,6 +112,16 @@ class LocalWebex:
                 "no such message", method="GET", path=f"/messages/{message_id}", status=404
             ) from None
 
+    async def list_messages(
+        self, *, room_id: str, parent_id: str | None = None, max: int = 50
+    ) -> list[Message]:
+        found = [
+            m
+            for m in self.messages.values()
+            if m.room_id == room_id and (parent_id is None or m.parent_id == parent_id)
+        ]
+        return list(reversed(found))[:max]
+
     async def get_attachment_action(self, action_id: str) -> AttachmentAction:
         try:
             return self.actions[action_id]

@@ -79,6 +79,11 @@ class WebexUnavailable(WebexError):
     """5xx, connection failures or timeouts after every allowed attempt."""
 
 
+class WebexMaybePosted(WebexError):
+    """A POST went out but its answer was lost (reset, timeout, garbled body): it may have taken effect.
+    Not retried here; the caller checks whether it happened before trying again."""
+
+
 class WebexBadResponse(WebexError):
     """2xx whose body is not JSON or does not fit the expected model."""
 
@@ -213,6 +218,21 @@ class WebexClient:
         reply = await self._call("POST", "/messages", "/messages", json_body=payload)
         return self._parse(Message, reply.body, "POST", "/messages", reply)
 
+    async def list_messages(
+        self, *, room_id: str, parent_id: str | None = None, max: int = 50
+    ) -> list[Message]:
+        """Recent messages of a room (or of one thread), newest first. Bots may only list some rooms."""
+        params = {"roomId": room_id, "max": str(max)}
+        if parent_id:
+            params["parentId"] = parent_id
+        reply = await self._send(
+            "GET", self._url("/messages").with_query(params), "/messages", "/messages", json_body=None
+        )
+        body = reply.body
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise WebexBadResponse("list response has no 'items' array", method="GET", path="/messages")
+        return [self._parse(Message, item, "GET", "/messages", reply) for item in body["items"]]
+
     async def get_attachment_action(self, action_id: str) -> AttachmentAction:
         path = f"/attachment/actions/{_quote(action_id)}"
         reply = await self._call("GET", path, "/attachment/actions/{id}")
@@ -336,18 +356,30 @@ class WebexClient:
                     status = resp.status
                     headers = resp.headers
                     next_link = resp.links.get("next")
-            except TimeoutError:
-                # Caught before ClientConnectionError: aiohttp's ServerTimeoutError is both.
-                self._report(method, label, "timeout")
-                last_error = WebexUnavailable(
-                    f"timed out after {self._timeout}s", method=method, path=display
-                )
-                delay = self._backoff(attempt)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing reached the server: safe to retry any method.
                 self._report(method, label, "error")
                 last_error = WebexUnavailable(
                     f"connection failed: {type(exc).__name__}: {exc}", method=method, path=display
                 )
+                delay = self._backoff(attempt)
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                self._report(method, label, "timeout" if isinstance(exc, TimeoutError) else "error")
+                if method == "POST":
+                    # The request may have been stored; a blind retry could post the message twice.
+                    raise WebexMaybePosted(
+                        f"no answer ({type(exc).__name__}); the request may have taken effect",
+                        method=method,
+                        path=display,
+                    ) from exc
+                if isinstance(exc, TimeoutError):
+                    last_error = WebexUnavailable(
+                        f"timed out after {self._timeout}s", method=method, path=display
+                    )
+                else:
+                    last_error = WebexUnavailable(
+                        f"connection failed: {type(exc).__name__}: {exc}", method=method, path=display
+                    )
                 delay = self._backoff(attempt)
             except aiohttp.ClientError as exc:
                 # Invalid URL and the like: a bug on our side that no retry will fix.
@@ -358,7 +390,14 @@ class WebexClient:
             else:
                 self._report(method, label, status)
                 if 200 <= status < 300:
-                    body = self._decode(raw, method, display, status, headers)
+                    try:
+                        body = self._decode(raw, method, display, status, headers)
+                    except WebexBadResponse as exc:
+                        if method == "POST":
+                            raise WebexMaybePosted(
+                                str(exc.message), method=method, path=display, status=status
+                            ) from exc
+                        raise
                     return _Reply(status, body, _link_url(next_link), headers.get("TrackingID"))
                 message, tracking_id = _error_details(raw, headers)
                 retry_after = headers.get("Retry-After")

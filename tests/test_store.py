@@ -646,7 +646,8 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
 
 async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock: Clock) -> None:
     await store.enqueue_event("e1", "messages", {"id": "e1"})
-    (event,) = await store.claim_events("w1", lease_seconds=10)
+    (claimed,) = await store.claim_events("w1", lease_seconds=10)
+    assert claimed.event_id == "e1"
     clock.advance(8)
     assert await store.renew_leases("w1", 10) == 1
     clock.advance(8)  # 16 s after the claim: past the first lease, inside the renewed one
