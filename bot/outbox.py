@@ -66,15 +66,19 @@ class OutboxDeliverer:
 
     async def _run(self) -> None:
         while True:
+            items: list[OutboxItem] = []
             try:
                 items = await self.store.claim_outbox(
                     self.worker_id, limit=10, lease_seconds=self.timeout * 3
                 )
+                for item in items:
+                    await self._deliver(item)
             except StoreUnavailable as exc:
                 log.warning("outbox unavailable: %s", exc)
+            except Exception:
+                # The deliverer's one error boundary: a bug must not stop ticket events for good.
+                log.exception("outbox delivery failed unexpectedly; trying again shortly")
                 items = []
-            for item in items:
-                await self._deliver(item)
             if not items:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
