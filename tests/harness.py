@@ -92,3 +92,35 @@ async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0, what
 
 def db_url(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'bot.db'}"
+
+
+CARD = "application/vnd.microsoft.card.adaptive"
+
+
+def card_of(posted: dict[str, Any]) -> dict[str, Any]:
+    """The one Adaptive Card attached to a posted message body."""
+    attachments = posted.get("attachments") or []
+    assert len(attachments) == 1 and attachments[0]["contentType"] == CARD, posted
+    card: dict[str, Any] = attachments[0]["content"]
+    return card
+
+
+def submits(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Action.Submit payload in a card, in order (top level, inside ShowCards and ActionSets)."""
+    found: list[dict[str, Any]] = []
+    for action in card.get("actions", []):
+        if action["type"] == "Action.Submit":
+            found.append(action["data"])
+        elif action["type"] == "Action.ShowCard":
+            found += submits(action["card"])
+    for element in card.get("body", []):
+        if element.get("type") == "ActionSet":
+            found += submits({"actions": element["actions"]})
+    return found
+
+
+def verb(posted: dict[str, Any], name: str, **match: Any) -> dict[str, Any]:
+    """The submit payload of the button with this verb (and these fields) on a posted card."""
+    found = [d for d in submits(card_of(posted)) if d.get("verb") == name and match.items() <= d.items()]
+    assert found, f"no {name!r} button on the card: {posted.get('markdown', '')[:200]!r}"
+    return found[0]

@@ -27,7 +27,6 @@ from tests.fakewebex import FakeWebex, sign
 from tests.harness import SECRET
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-CARD = "application/vnd.microsoft.card.adaptive"
 
 Json = dict[str, Any]
 
@@ -344,33 +343,6 @@ class HoldingWebex(FakeWebex):
             # The fake cancels a handler whose client went away, so a killed bot's post is never stored.
             await asyncio.sleep(60)
         return await super()._post_message(request)
-
-
-def card_of(posted: Json) -> Json:
-    attachments = posted.get("attachments") or []
-    assert len(attachments) == 1 and attachments[0]["contentType"] == CARD, posted
-    card: Json = attachments[0]["content"]
-    return card
-
-
-def submits(card: Json) -> list[Json]:
-    """Every Action.Submit payload in a card (top-level, in ShowCards and in ActionSets)."""
-    found: list[Json] = []
-    for action in card.get("actions", []):
-        if action["type"] == "Action.Submit":
-            found.append(action["data"])
-        elif action["type"] == "Action.ShowCard":
-            found += submits(action["card"])
-    for element in card.get("body", []):
-        if element.get("type") == "ActionSet":
-            found += submits({"actions": element["actions"]})
-    return found
-
-
-def verb(message: Json, name: str) -> Json:
-    found = [d for d in submits(card_of(message)) if d.get("verb") == name]
-    assert found, f"no {name!r} button on the card: {message.get('markdown', '')[:200]!r}"
-    return found[0]
 
 
 def bot_messages(fake: FakeWebex, room_id: str | None = None, parent_id: str | None = None) -> list[Json]:

@@ -15,8 +15,7 @@ import pytest
 from bot.keys import CONTEXT
 from tests.conftest import KNOWLEDGE_DIR, ROOT
 from tests.fakewebex import FakeWebex
-from tests.harness import Bot, db_url, make_settings, wait_for
-from tests.test_bot_e2e import card_of, submits
+from tests.harness import Bot, card_of, db_url, make_settings, submits, wait_for
 
 
 @pytest.fixture

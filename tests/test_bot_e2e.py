@@ -12,9 +12,7 @@ import pytest
 from bot.cards import parse_submit
 from bot.keys import CONTEXT
 from tests.fakewebex import FakeWebex, bare_uuid
-from tests.harness import Bot, db_url, make_settings, wait_for
-
-CARD = "application/vnd.microsoft.card.adaptive"
+from tests.harness import Bot, card_of, db_url, make_settings, submits, wait_for
 
 
 @pytest.fixture
@@ -23,27 +21,6 @@ def people(fake_webex: FakeWebex) -> dict[str, Any]:
     direct = fake_webex.add_room("direct", "Alice")
     group = fake_webex.add_room("group", "Sales floor")
     return {"alice": alice, "direct": direct, "group": group}
-
-
-def card_of(posted: dict[str, Any]) -> dict[str, Any]:
-    attachments = posted.get("attachments") or []
-    assert len(attachments) == 1 and attachments[0]["contentType"] == CARD
-    card: dict[str, Any] = attachments[0]["content"]
-    return card
-
-
-def submits(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every Action.Submit payload in a card, in order (top-level and inside ShowCards)."""
-    found: list[dict[str, Any]] = []
-    for action in card.get("actions", []):
-        if action["type"] == "Action.Submit":
-            found.append(action["data"])
-        elif action["type"] == "Action.ShowCard":
-            found += submits(action["card"])
-    for element in card.get("body", []):
-        if element.get("type") == "ActionSet":
-            found += submits({"actions": element["actions"]})
-    return found
 
 
 async def test_direct_message_gets_a_fix_card(

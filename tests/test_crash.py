@@ -14,7 +14,7 @@ import pytest
 
 from bot.app import SHUTDOWN_GRACE_SECONDS
 from tests.fakewebex import FakeWebex
-from tests.harness import SECRET
+from tests.harness import SECRET, verb
 from tests.procs import (
     HoldingWebex,
     Receiver,
@@ -28,7 +28,6 @@ from tests.procs import (
     requested,
     until,
     until_async,
-    verb,
 )
 
 # How long a restarted bot may take to answer what a killed one had in hand. The worker's lease is 120 s; a bot

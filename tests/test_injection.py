@@ -18,10 +18,9 @@ import pytest_asyncio
 from bot.keys import CONTEXT, WORKER
 from bot.knowledge import KnowledgeBase
 from tests.fakewebex import FakeWebex
-from tests.harness import Bot, db_url, make_settings, wait_for
+from tests.harness import Bot, db_url, make_settings, verb, wait_for
 
 Json = dict[str, Any]
-CARD = "application/vnd.microsoft.card.adaptive"
 
 # --- The world: an employee space, a helpdesk space and a few people ---------------------------------
 
@@ -57,31 +56,6 @@ async def bot(fake_webex: FakeWebex, world: Json, tmp_path: Path) -> AsyncIterat
 
 
 # --- Helpers -----------------------------------------------------------------------------------------
-
-
-def card_of(posted: Json) -> Json:
-    attachments = posted.get("attachments") or []
-    assert len(attachments) == 1 and attachments[0]["contentType"] == CARD, posted
-    content: Json = attachments[0]["content"]
-    return content
-
-
-def submits(card: Json) -> list[Json]:
-    """Every Action.Submit payload in a card, also inside ShowCards and ActionSets."""
-    found: list[Json] = []
-    for action in card.get("actions", []):
-        if action["type"] == "Action.Submit":
-            found.append(action["data"])
-        elif action["type"] == "Action.ShowCard":
-            found += submits(action["card"])
-    for element in card.get("body", []):
-        if element.get("type") == "ActionSet":
-            found += submits({"actions": element["actions"]})
-    return found
-
-
-def verb(posted: Json, name: str) -> Json:
-    return next(d for d in submits(card_of(posted)) if d.get("verb") == name)
 
 
 def stored(fake: FakeWebex, posted: Json) -> Json:

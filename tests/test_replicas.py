@@ -14,8 +14,8 @@ import pytest
 from bot.keys import CONTEXT
 from bot.store import Store
 from tests.fakewebex import FakeWebex
-from tests.harness import Bot, make_settings
-from tests.procs import Receiver, bot_messages, fresh_pg_database, pg_fetch, pg_url, until, until_async, verb
+from tests.harness import Bot, make_settings, verb
+from tests.procs import Receiver, bot_messages, fresh_pg_database, pg_fetch, pg_url, until, until_async
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from aiohttp import web
 
 from bot.keys import CONTEXT
 from tests.fakewebex import FakeWebex
-from tests.harness import FAST_WORKER, Bot, db_url, make_settings, wait_for
-from tests.test_bot_e2e import card_of, submits
+from tests.harness import FAST_WORKER, Bot, db_url, make_settings, verb, wait_for
 
 
 class Receiver:
@@ -81,10 +80,6 @@ async def click(
     action = fake.add_attachment_action(bot_message(fake, posted)["id"], person, data)
     resp = await bot.post(fake.action_created_envelope(action))
     assert resp.status == 200
-
-
-def verb(posted: dict[str, Any], name: str, **match: Any) -> dict[str, Any]:
-    return next(d for d in submits(card_of(posted)) if d.get("verb") == name and match.items() <= d.items())
 
 
 async def test_escalate_claim_resolve_reopen(
