@@ -16,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bot.config import Settings
 from bot.context import BotContext, Knowledge
 from bot.handlers import PermanentFailure, handle_event, tell_failure
-from bot.keys import CONTEXT, SESSION, WORKER
+from bot.inbox import InboxWriter
+from bot.keys import CONTEXT, INBOX, SESSION, WORKER
 from bot.knowledge import load_knowledge
 from bot.local import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
@@ -90,9 +91,14 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
             on_failure=lambda event, final: metrics.events_failed.labels(
                 event.resource, "yes" if final else "no"
             ).inc(),
-            **{"lease_seconds": settings.worker_lease_seconds, **worker_options},
+            **{
+                "lease_seconds": settings.worker_lease_seconds,
+                "concurrency": settings.worker_concurrency,
+                **worker_options,
+            },
         )
         app[CONTEXT], app[WORKER], app[SESSION] = ctx, worker, session
+        app[INBOX] = InboxWriter(store)
         worker.start()
         outbox: OutboxDeliverer | None = None
         if settings.ticket_webhook_url is not None:
@@ -129,6 +135,7 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await app[INBOX].close()
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
             if outbox is not None:
                 await outbox.stop()

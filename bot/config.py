@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # How long a worker's claim on an event lasts without a heartbeat: after a crash (kill -9) the event is
     # taken up again, by a restart or another replica, within about this long. Live workers renew every third.
     worker_lease_seconds: float = Field(default=30.0, ge=2.0, le=3600.0)
+    # Events handled at once per process: the work waits on Webex, so a slow API needs many in flight.
+    worker_concurrency: int = Field(default=32, ge=1, le=1000)
     # Per-call timeout of Webex API requests (each retry gets its own).
     webex_timeout_seconds: float = Field(default=10.0, gt=0.0, le=120.0)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiohttp import ClientSession, web
 
 from bot.context import BotContext
+from bot.inbox import InboxWriter
 from bot.worker import Worker
 
 CONTEXT = web.AppKey("context", BotContext)
 WORKER = web.AppKey("worker", Worker)
 SESSION = web.AppKey("session", ClientSession)
+INBOX = web.AppKey("inbox", InboxWriter)

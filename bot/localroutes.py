@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot import cards
 from bot.app import LOCAL
-from bot.keys import CONTEXT, WORKER
+from bot.keys import CONTEXT, INBOX, WORKER
 from bot.local import AGENT_EMAIL, EMPLOYEE_EMAIL, LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.renderer import RENDERER, Renderer, add_renderer_routes, default_cache_dir
 from bot.store import StoreUnavailable
@@ -121,9 +121,9 @@ async def get_config(request: web.Request) -> web.Response:
 
 async def _enqueue(request: web.Request, resource: str, data: dict[str, Any]) -> web.Response:
     # The same inbox, worker and handlers as a real webhook: local mode is a transport, not a second path.
-    local, ctx = _local(request), request.app[CONTEXT]
+    local = _local(request)
     try:
-        await ctx.store.enqueue_event(data["id"], resource, local.envelope(resource, data))
+        await request.app[INBOX].enqueue(data["id"], resource, local.envelope(resource, data))
     except StoreUnavailable:
         return web.json_response({"error": "storage unavailable"}, status=503)
     request.app[WORKER].notify()

@@ -689,8 +689,10 @@ class Store:
     async def open(cls, url: str, *, now: Callable[[], datetime] = utcnow, pool_size: int = 5) -> Store:
         sa_url = async_url(url)
         if sa_url.get_backend_name() == "sqlite":
+            # SQLite has one writer: more connections only queue in its busy handler (100 ms sleeps, seconds
+            # of tail latency under load), so one connection serves every task, in turn, without that wait.
             engine = create_async_engine(
-                sa_url, hide_parameters=True, pool_size=pool_size, pool_timeout=TIMEOUT_SECONDS
+                sa_url, hide_parameters=True, pool_size=1, max_overflow=0, pool_timeout=TIMEOUT_SECONDS
             )
             _configure_sqlite(engine)
         else:
@@ -745,6 +747,30 @@ class Store:
             "next_attempt_at": now,
         }
         return await self._insert_new(inbox, "event_id", values)
+
+    async def enqueue_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> set[str]:
+        """Insert many (event_id, resource, payload) in one transaction; returns the ids that were new.
+
+        One transaction for a batch is the group commit the webhook view relies on for throughput."""
+        if not events:
+            return set()
+        now = self._now()
+        rows = [
+            {
+                "event_id": event_id,
+                "resource": resource,
+                "payload": payload,
+                "status": "pending",
+                "attempts": 0,
+                "received_at": now,
+                "next_attempt_at": now,
+            }
+            for event_id, resource, payload in {e[0]: e for e in events}.values()
+        ]
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = insert(inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+        async with self._begin() as conn:
+            return {row.event_id for row in await conn.execute(statement.returning(inbox.c.event_id))}
 
     async def claim_events(
         self, worker_id: str, *, limit: int = 10, lease_seconds: float = 60.0

@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot.keys import CONTEXT, WORKER
+from bot.keys import CONTEXT, INBOX, WORKER
 from bot.models import WebhookEnvelope
 from bot.store import StoreUnavailable
 
@@ -84,7 +84,7 @@ async def _receive(request: web.Request) -> web.Response:
         ctx.metrics.events_ignored.labels("bot").inc()
         return _json(200, status="ignored", reason="another bot")
     try:
-        new = await ctx.store.enqueue_event(data.id, envelope.resource, payload)
+        new = await request.app[INBOX].enqueue(data.id, envelope.resource, payload)
     except StoreUnavailable as exc:
         # 503 makes Webex redeliver; a 200 here would lose the message.
         log.error("webhook for %s not stored, answering 503: %s", data.id, exc)

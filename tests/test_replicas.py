@@ -14,7 +14,7 @@ import pytest
 from bot.keys import CONTEXT
 from bot.store import Store
 from tests.fakewebex import FakeWebex
-from tests.harness import Bot, make_settings, verb
+from tests.harness import FAST_WORKER, Bot, make_settings, verb
 from tests.procs import Receiver, bot_messages, fresh_pg_database, pg_fetch, pg_url, until, until_async
 
 
@@ -58,7 +58,9 @@ async def test_the_same_webhooks_on_both_replicas_get_one_reply_each(
 ) -> None:
     settings = make_settings(fake_webex, pg_url(database))
     texts = ["Error: 1000:1002", "blank screen when I sign in", "help", "okta setup", "sso failed", "hello"]
-    async with Bot(fake_webex, settings) as a, Bot(fake_webex, settings) as b:
+    # Few slots per replica, so that neither can take every event in one claim and both do some of the work.
+    narrow = {**FAST_WORKER, "concurrency": 2}
+    async with Bot(fake_webex, settings, narrow) as a, Bot(fake_webex, settings, narrow) as b:
         fake_webex.delay("GET", "/messages/", 0.1)  # keeps both workers busy at once
         msgs = [
             fake_webex.add_message(world["sales"], world["alice"], f"{t} ({n})")

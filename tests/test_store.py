@@ -659,3 +659,15 @@ async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock:
     await store.record_effect("e1", "requester-notice", "m-2")  # a replay records nothing new
     assert await store.effects("e1") == {"requester-notice": "m-1"}
     assert await store.effects("e2") == {}
+
+
+async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: Store) -> None:
+    await store.enqueue_event("old", "messages", {"id": "old"})
+    batch = [
+        ("a", "messages", {"id": "a"}),
+        ("old", "messages", {"id": "old"}),
+        ("a", "messages", {"id": "a"}),
+    ]
+    assert await store.enqueue_events(batch) == {"a"}
+    assert await store.enqueue_events([]) == set()
+    assert (await store.inbox_counts())["pending"] == 2
