@@ -483,6 +483,7 @@ class TriageIndex:
     posting_sets: dict[str, frozenset[int]] = field(default_factory=dict)  # the same, for common tokens
     idf: dict[str, float] = field(default_factory=dict)
     vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
+    near_len: dict[int, list[str]] = field(default_factory=dict)  # filled lazily by near_length()
     out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
     order: dict[str, int] = field(default_factory=dict)  # catalogue order, the final tie-break
     cover_coef: list[float] = field(default_factory=list)
@@ -544,6 +545,15 @@ class TriageIndex:
         index.out_of_scope = [" " + " ".join(_TOKEN.findall(normalize(m))) + " " for m in kb.out_of_scope]
         return index
 
+    def near_length(self, length: int) -> list[str]:
+        """Vocabulary words close enough in length to reach the fuzzy cutoff; built once per length."""
+        found = self.near_len.get(length)
+        if found is None:
+            span = max(1, length // 4)
+            found = [w for n in range(length - span, length + span + 1) for w in self.vocab_by_len.get(n, ())]
+            self.near_len[length] = found
+        return found
+
     def correct(self, token: str) -> tuple[str, float] | None:
         """The vocabulary word a typo most likely meant, with its similarity, or None."""
         if token in self.idf:
@@ -551,10 +561,8 @@ class TriageIndex:
         if len(token) < 4 or token.isdigit():
             return None
         # ratio >= 80 bounds the length difference, so only near-length words are candidates.
-        span = max(1, len(token) // 4)
-        choices = [
-            w for n in range(len(token) - span, len(token) + span + 1) for w in self.vocab_by_len.get(n, ())
-        ]
+        choices = self.near_length(len(token))
+
         if not choices:
             return None
         found = process.extractOne(token, choices, scorer=fuzz.ratio, score_cutoff=FUZZY_TOKEN_CUTOFF)
