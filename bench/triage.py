@@ -1,11 +1,15 @@
 """Per-message triage cost on the labelled sets and on synthetic catalogues of growing size.
 
 Run: python bench/triage.py [--sizes 40,1000,10000] [--repeat 5]
+     python bench/triage.py --sizes 1000,10000,100000 --plot      # also draws bench/triage_scaling.png
+The first row is always the real catalogue; a size at or below it adds nothing, so 40 means "the real one".
+--plot needs matplotlib (the `bench` extra: pip install -e '.[bench]').
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -47,9 +51,12 @@ def synthetic(base: KnowledgeBase, size: int, seed: int = 7) -> KnowledgeBase:
     vocab = real_words + fake_words
     weights = [1.0 / (i + 1) ** 0.8 for i in range(len(vocab))]
     rng.shuffle(weights)
+    # choices(weights=...) re-sums the weights on every call, which makes 100k articles take hours; the
+    # cumulative form is what it computes internally, so the articles are the same, only made once.
+    cum_weights = list(itertools.accumulate(weights))
 
     def phrase() -> str:
-        return " ".join(rng.choices(vocab, weights=weights, k=rng.randint(2, 6)))
+        return " ".join(rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(2, 6)))
 
     articles = dict(base.articles)
     for n in range(max(0, size - len(articles))):
@@ -84,6 +91,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="synthetic catalogue sizes (articles)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        nargs="?",
+        const=ROOT / "bench" / "triage_scaling.png",
+        help="also save a log-log plot of cost against catalogue size (default bench/triage_scaling.png)",
+    )
     args = parser.parse_args()
 
     base = load_knowledge(ROOT / "knowledge")
@@ -121,6 +135,46 @@ def main() -> None:
         print(f"{r['catalogue']:>9} {r['build_ms']:>15} {r['median_us']:>14} {r['best_us']:>12}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        plot(rows, len(texts), args.plot)
+
+
+def plot(rows: list[dict[str, float]], n_messages: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    sizes = [r["catalogue"] for r in rows]
+    fig, (cost, build) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cost.loglog(sizes, [r["median_us"] for r in rows], "o-", label="median of passes")
+    cost.loglog(sizes, [r["best_us"] for r in rows], "s--", alpha=0.6, label="best pass")
+    for r in rows:
+        cost.annotate(
+            f"{r['median_us']:,.0f} us",
+            (r["catalogue"], r["median_us"]),
+            textcoords="offset points",
+            xytext=(6, -12),
+            fontsize=8,
+        )
+    # A slope-1 guide from the first point: what linear scaling would cost.
+    linear = [rows[0]["median_us"] * s / sizes[0] for s in sizes]
+    cost.loglog(sizes, linear, ":", color="grey", label="linear in articles")
+    cost.set_ylim(top=max(r["median_us"] for r in rows) * 20)
+    cost.set(xlabel="articles in the catalogue", ylabel="microseconds per message", title="triage cost")
+    cost.legend(fontsize=8)
+    cost.grid(True, which="both", alpha=0.3)
+    build.loglog(sizes, [r["build_ms"] for r in rows], "o-", color="tab:orange")
+    build.set(xlabel="articles in the catalogue", ylabel="milliseconds", title="TriageIndex.build (once)")
+    build.grid(True, which="both", alpha=0.3)
+    fig.suptitle(
+        f"{n_messages} labelled messages, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d')}; synthetic articles beyond the real catalogue",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -562,7 +562,6 @@ class TriageIndex:
             return None
         # ratio >= 80 bounds the length difference, so only near-length words are candidates.
         choices = self.near_length(len(token))
-
         if not choices:
             return None
         found = process.extractOne(token, choices, scorer=fuzz.ratio, score_cutoff=FUZZY_TOKEN_CUTOFF)
