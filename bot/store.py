@@ -767,10 +767,14 @@ class Store:
             }
             for event_id, resource, payload in {e[0]: e for e in events}.values()
         ]
+        # One statement with the rows as parameters (SQLAlchemy's insertmanyvalues): compiled once and cached,
+        # where a multi-VALUES statement built from the rows would be compiled again for every batch.
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        statement = insert(inbox).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+        statement = (
+            insert(inbox).on_conflict_do_nothing(index_elements=["event_id"]).returning(inbox.c.event_id)
+        )
         async with self._begin() as conn:
-            return {row.event_id for row in await conn.execute(statement.returning(inbox.c.event_id))}
+            return set((await conn.execute(statement, rows)).scalars().all())
 
     async def claim_events(
         self, worker_id: str, *, limit: int = 10, lease_seconds: float = 60.0
