@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -427,6 +428,7 @@ def normalize(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=8192)
 def _stem(token: str) -> str:
     # A deliberately tiny stemmer: enough for "connected/connecting", "services/service", "expired/expires".
     if len(token) > 4 and token.endswith("s") and not token.endswith("ss"):
@@ -485,6 +487,7 @@ class TriageIndex:
     vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
     near_len: dict[int, list[str]] = field(default_factory=dict)  # filled lazily by near_length()
     out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
+    marker_words: frozenset[str] = frozenset()  # the first word of every marker: a cheap pre-check
     order: dict[str, int] = field(default_factory=dict)  # catalogue order, the final tie-break
     cover_coef: list[float] = field(default_factory=list)
     explain_coef: list[float] = field(default_factory=list)
@@ -543,6 +546,7 @@ class TriageIndex:
             by_len[len(tok)].append(tok)
         index.vocab_by_len = dict(by_len)
         index.out_of_scope = [" " + " ".join(_TOKEN.findall(normalize(m))) + " " for m in kb.out_of_scope]
+        index.marker_words = frozenset(m.split()[0] for m in index.out_of_scope if m.strip())
         return index
 
     def near_length(self, length: int) -> list[str]:
@@ -693,7 +697,11 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
 
 def _out_of_scope_markers(norm: str, index: TriageIndex) -> tuple[str, ...]:
     # Unstemmed words on purpose: "recording" is out of scope, an "SRV record" is not.
-    joined = " " + " ".join(_TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))) + " "
+    words = _TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))
+    present = set(words)
+    if not present & index.marker_words:
+        return ()  # the common case: no marker's first word appears, so no marker can
+    joined = " " + " ".join(words) + " "
     return tuple(m.strip() for m in index.out_of_scope if m in joined)
 
 
