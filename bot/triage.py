@@ -588,7 +588,7 @@ def _choices(article: Article) -> Iterable[str]:
 # --- Triage ------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: "cand in strong" must not compare every field
 class _Candidate:
     id: str
     score: float = 0.0
