@@ -8,7 +8,7 @@ import sqlite3
 import statistics
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -267,6 +267,12 @@ event_effects = Table(
 )
 
 
+def _row_values(cls: type[Any], row: Row[Any], **overrides: Any) -> dict[str, Any]:
+    """A record dataclass's fields from a row whose columns carry their names; overrides convert the odd one."""
+    values = {f.name: row._mapping[f.name] for f in fields(cls) if f.name not in overrides}
+    return values | overrides
+
+
 @dataclass(frozen=True)
 class InboxEvent:
     """One webhook delivery as the inbox holds it."""
@@ -283,17 +289,7 @@ class InboxEvent:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> InboxEvent:
-        return cls(
-            event_id=row.event_id,
-            resource=row.resource,
-            payload=row.payload,
-            status=row.status,
-            attempts=row.attempts,
-            last_error=row.last_error,
-            reply_message_id=row.reply_message_id,
-            received_at=row.received_at,
-            next_attempt_at=row.next_attempt_at,
-        )
+        return cls(**_row_values(cls, row))
 
 
 @dataclass(frozen=True)
@@ -314,19 +310,7 @@ class TriageRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> TriageRecord:
-        return cls(
-            event_id=row.event_id,
-            person_id=row.person_id,
-            person_email=row.person_email,
-            room_id=row.room_id,
-            thread_id=row.thread_id,
-            text=row.text,
-            outcome=row.outcome,
-            top_id=row.top_id,
-            score=row.score,
-            codes=list(row.codes),
-            created_at=row.created_at,
-        )
+        return cls(**_row_values(cls, row, codes=list(row.codes)))
 
 
 @dataclass(frozen=True)
@@ -362,30 +346,12 @@ class Ticket:
     @classmethod
     def from_row(cls, row: Row[Any]) -> Ticket:
         return cls(
-            id=row.id,
-            number=f"{TICKET_PREFIX}{row.number}",
-            status=row.status,
-            requester_id=row.requester_id,
-            requester_email=row.requester_email,
-            requester_name=row.requester_name,
-            room_id=row.room_id,
-            thread_id=row.thread_id,
-            original_text=row.original_text,
-            codes=list(row.codes),
-            articles=list(row.articles),
-            steps_suggested=list(row.steps_suggested),
-            note=row.note,
-            transcript=[dict(entry) for entry in row.transcript],
-            assignee_id=row.assignee_id,
-            assignee_name=row.assignee_name,
-            resolution=row.resolution,
-            helpdesk_message_id=row.helpdesk_message_id,
-            info_requests=row.info_requests,
-            reopened=row.reopened,
-            created_at=row.created_at,
-            claimed_at=row.claimed_at,
-            resolved_at=row.resolved_at,
-            updated_at=row.updated_at,
+            **_row_values(
+                cls,
+                row,
+                number=f"{TICKET_PREFIX}{row.number}",
+                transcript=[dict(entry) for entry in row.transcript],
+            )
         )
 
 
@@ -410,14 +376,7 @@ class OutboxItem:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> OutboxItem:
-        return cls(
-            id=row.id,
-            ticket_id=row.ticket_id,
-            event=row.event,
-            payload=row.payload,
-            attempts=row.attempts,
-            created_at=row.created_at,
-        )
+        return cls(**_row_values(cls, row))
 
 
 @dataclass(frozen=True)
