@@ -197,7 +197,10 @@ class Fake:
 class Bot:
     """`python -m bot serve` as production runs it, pinned to the server core, on a fresh SQLite file."""
 
-    def __init__(self, procs: list[Proc], log_dir: Path, name: str, fake: Fake, **env: str) -> None:
+    def __init__(
+        self, procs: list[Proc], log_dir: Path, name: str, fake: Fake, *, wrap: Sequence[str] = (), **env: str
+    ) -> None:
+        """wrap: interpreter arguments before `-m bot serve` (e.g. a profiler: `-m cProfile -o out`)."""
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.db_path = log_dir / f"{name}.db"
@@ -213,7 +216,7 @@ class Bot:
         # cwd is the temp dir so that a developer's .env cannot change what is measured.
         self.proc = Proc(
             name,
-            [PYTHON, "-m", "bot", "serve"],
+            [PYTHON, *wrap, "-m", "bot", "serve"],
             core=SERVER_CORE,
             log_dir=log_dir,
             env=environment,

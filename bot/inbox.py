@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from bot.store import Store
 
@@ -17,11 +16,13 @@ class InboxWriter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._waiting: list[tuple[str, str, dict[str, Any], asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[str, str, str, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def enqueue(self, event_id: str, resource: str, payload: dict[str, Any]) -> bool:
-        """True if the event is new, False for a duplicate; raises what the store raises (StoreUnavailable)."""
+    async def enqueue(self, event_id: str, resource: str, payload: str) -> bool:
+        """Store `payload` (the webhook body's JSON text); True if the event is new, False for a duplicate.
+
+        Raises what the store raises (StoreUnavailable)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((event_id, resource, payload, future))
         if self._flusher is None or self._flusher.done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,7 +124,8 @@ async def _enqueue(request: web.Request, resource: str, data: dict[str, Any]) ->
     # The same inbox, worker and handlers as a real webhook: local mode is a transport, not a second path.
     local = _local(request)
     try:
-        await request.app[INBOX].enqueue(data["id"], resource, local.envelope(resource, data))
+        envelope = json.dumps(local.envelope(resource, data))
+        await request.app[INBOX].enqueue(data["id"], resource, envelope)
     except StoreUnavailable:
         return web.json_response({"error": "storage unavailable"}, status=503)
     request.app[WORKER].notify()

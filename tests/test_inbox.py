@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,11 @@ async def test_concurrent_enqueues_share_commits_and_dedupe(tmp_path: Path) -> N
     try:
         writer = InboxWriter(store)
         ids = [f"e{n % 150}" for n in range(300)]  # every id twice
-        results = await asyncio.gather(*(writer.enqueue(i, "messages", {"id": i}) for i in ids))
+        results = await asyncio.gather(*(writer.enqueue(i, "messages", json.dumps({"id": i})) for i in ids))
         assert sum(results) == 150  # each id is new exactly once
         assert {i for i, new in zip(ids, results, strict=True) if new} == set(ids)
         assert (await store.inbox_counts())["pending"] == 150
-        assert await writer.enqueue("e1", "messages", {"id": "e1"}) is False
+        assert await writer.enqueue("e1", "messages", '{"id": "e1"}') is False
     finally:
         await store.close()
 
@@ -34,8 +35,8 @@ async def test_a_failed_commit_fails_every_waiter(tmp_path: Path) -> None:
         leftover.unlink()
     path.mkdir()  # ... where a directory now stands: SQLite cannot open it
     results = await asyncio.gather(
-        *(writer.enqueue(f"x{n}", "messages", {}) for n in range(5)), return_exceptions=True
+        *(writer.enqueue(f"x{n}", "messages", "{}") for n in range(5)), return_exceptions=True
     )
     assert all(isinstance(r, StoreUnavailable) for r in results), results
     with pytest.raises(StoreUnavailable):
-        await writer.enqueue("y", "messages", {})
+        await writer.enqueue("y", "messages", "{}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sqlite3
 import threading
@@ -121,7 +122,7 @@ async def fetch_all(url: str, statement: Any) -> list[Any]:
 
 async def enqueue(store: Store, *event_ids: str) -> None:
     for event_id in event_ids:
-        assert await store.enqueue_event(event_id, "messages", {"data": {"id": event_id}})
+        assert await store.enqueue_event(event_id, "messages", json.dumps({"data": {"id": event_id}}))
 
 
 def ids(events: list[InboxEvent]) -> list[str]:
@@ -380,13 +381,13 @@ async def test_sqlite_uses_wal(tmp_path: Path) -> None:
 async def test_enqueue_dedupes_across_a_restart(db_url: str, clock: Clock) -> None:
     payload = {"id": "hook", "resource": "messages", "data": {"id": "m1", "roomId": "r"}, "n": [1, 2.5, None]}
     store = await Store.open(db_url, now=clock)
-    assert await store.enqueue_event("m1", "messages", payload) is True
-    assert await store.enqueue_event("m1", "messages", {"other": True}) is False
+    assert await store.enqueue_event("m1", "messages", json.dumps(payload)) is True
+    assert await store.enqueue_event("m1", "messages", '{"other": true}') is False
     await store.close()
 
     store = await Store.open(db_url, now=clock)
     try:
-        assert await store.enqueue_event("m1", "messages", payload) is False
+        assert await store.enqueue_event("m1", "messages", json.dumps(payload)) is False
         event = await store.get_event("m1")
         assert event is not None
         assert (event.payload, event.status, event.attempts) == (payload, "pending", 0)
@@ -506,7 +507,7 @@ async def test_naive_clock_is_refused(db_url: str) -> None:
     store = await Store.open(db_url, now=lambda: datetime(2025, 1, 1))
     try:
         with pytest.raises(ValueError, match="timezone-aware"):
-            await store.enqueue_event("e1", "messages", {})
+            await store.enqueue_event("e1", "messages", "{}")
     finally:
         await store.close()
 
@@ -632,7 +633,7 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
             await enqueue(store, "after restart")  # pre-ping noticed and reconnected
             await proxy.stop()  # now the database is gone and refuses new connections
             with pytest.raises(StoreUnavailable, match="unavailable") as caught:
-                await store.enqueue_event("during", "messages", {})
+                await store.enqueue_event("during", "messages", "{}")
             assert "ConnectionRefusedError" in str(caught.value)
             assert await store.ping() is False
             await proxy.start()
@@ -645,7 +646,7 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
 
 
 async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock: Clock) -> None:
-    await store.enqueue_event("e1", "messages", {"id": "e1"})
+    await store.enqueue_event("e1", "messages", '{"id": "e1"}')
     (claimed,) = await store.claim_events("w1", lease_seconds=10)
     assert claimed.event_id == "e1"
     clock.advance(8)
@@ -662,11 +663,11 @@ async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock:
 
 
 async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: Store) -> None:
-    await store.enqueue_event("old", "messages", {"id": "old"})
+    await store.enqueue_event("old", "messages", '{"id": "old"}')
     batch = [
-        ("a", "messages", {"id": "a"}),
-        ("old", "messages", {"id": "old"}),
-        ("a", "messages", {"id": "a"}),
+        ("a", "messages", '{"id": "a"}'),
+        ("old", "messages", '{"id": "old"}'),
+        ("a", "messages", '{"id": "a"}'),
     ]
     assert await store.enqueue_events(batch) == {"a"}
     assert await store.enqueue_events([]) == set()
