@@ -708,11 +708,11 @@ class Store:
         self._engine = engine
         self._clock = now
         self._safe_url = engine.url.render_as_string(hide_password=True)
-        self._sqlite_inbox = (
-            _SqliteInboxWriter(engine.url.database or "", engine.dialect)
-            if self.dialect == "sqlite"
-            else None
-        )
+        self._sqlite_inbox: _SqliteInboxWriter | None = None
+        self._turn: asyncio.Lock | None = None
+        if self.dialect == "sqlite":
+            self._sqlite_inbox = _SqliteInboxWriter(engine.url.database or "", engine.dialect)
+            self._turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, url: str, *, now: Callable[[], datetime] = utcnow, pool_size: int = 5) -> Store:
@@ -779,7 +779,7 @@ class Store:
             return set()
         now = self._now()
         if self._sqlite_inbox is not None:
-            async with self._unavailable_as_store_error():
+            async with self._unavailable_as_store_error(), self._write_turn():
                 return await self._sqlite_inbox.insert(events, now)
         rows = [
             {
@@ -1345,8 +1345,24 @@ class Store:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        async with self._unavailable_as_store_error(), self._engine.begin() as conn:
+        async with self._unavailable_as_store_error(), self._write_turn(), self._engine.begin() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        """On SQLite, one transaction at a time across the store's two connections (see _SqliteInboxWriter).
+
+        SQLite serialises them anyway, but its busy handler does it by sleeping 1, 2, 5, 10 ... ms between
+        tries: taking turns here makes the wait exactly as long as the other transaction."""
+        if self._turn is None:
+            yield
+            return
+        async with asyncio.timeout(TIMEOUT_SECONDS):  # TimeoutError: reported as StoreUnavailable
+            await self._turn.acquire()
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     @asynccontextmanager
     async def _unavailable_as_store_error(self) -> AsyncIterator[None]:
