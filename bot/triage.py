@@ -39,6 +39,9 @@ CLARIFY_AT = 0.5  # below this nothing is worth offering
 CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
 OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
 FUZZY_TOKEN_CUTOFF = 80.0  # rapidfuzz ratio for typo correction: "blnk" -> "blank" is 88.9
+# Typo searches remembered per index. Words outside the vocabulary repeat across messages ("laptop", "monday",
+# the same typo); the bound keeps a stream of random words from growing it without limit.
+MAX_CORRECTIONS = 4096
 
 Outcome = Literal["fix", "clarify", "none"]
 Evidence = Literal["code", "name", "text", "number"]
@@ -424,8 +427,10 @@ def normalize(text: str) -> str:
             # A code straddles the cap: drop its first half rather than read "1000:10" as another code.
             cut = cut[:-60] + _CODE_TAIL.sub("", cut[-60:])
         text = cut
-    text = unicodedata.normalize("NFKC", text).casefold().translate(_CLEAN)
-    return text
+    if text.isascii():
+        # Most messages: NFKC leaves ASCII as it is and casefold() is lower(); skip the two Unicode passes.
+        return text.lower().translate(_CLEAN)
+    return unicodedata.normalize("NFKC", text).casefold().translate(_CLEAN)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -442,12 +447,20 @@ def _stem(token: str) -> str:
     return token
 
 
+def _words(norm: str) -> list[str]:
+    """The words of normalised text; triage splits a message once and every step reads this list."""
+    # "you're" -> "youre" keeps contractions one word, so the synonym table only needs "cant".
+    return _TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))
+
+
 def content_tokens(text: str) -> list[str]:
     """The stemmed, non-stopword tokens of already-normalised text, in order."""
-    # "you're" -> "youre" keeps contractions one token, so the synonym table only needs "cant".
-    words = _apply_synonyms(_TOKEN.findall(text[:MAX_TEXT_CHARS].replace("'", "")))
+    return _content_tokens(_words(text))
+
+
+def _content_tokens(words: list[str]) -> list[str]:
     out = []
-    for tok in words:
+    for tok in _apply_synonyms(words):
         if tok in _STOPWORDS or tok.isdigit():
             continue
         out.append(_stem(tok))
@@ -470,6 +483,7 @@ class _Phrase:
     text: str  # the normalised source text: identical texts in two articles make them indistinguishable
     weights: dict[str, float]  # token -> idf weight
     total: float
+    tokens: frozenset[str]  # the keys of weights, for one C-level intersection with the message's words
 
 
 @dataclass(slots=True)
@@ -486,6 +500,7 @@ class TriageIndex:
     idf: dict[str, float] = field(default_factory=dict)
     vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
     near_len: dict[int, list[str]] = field(default_factory=dict)  # filled lazily by near_length()
+    corrections: dict[str, tuple[str, float] | None] = field(default_factory=dict)  # correct()'s memory
     out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
     marker_words: frozenset[str] = frozenset()  # the first word of every marker: a cheap pre-check
     order: dict[str, int] = field(default_factory=dict)  # catalogue order, the final tie-break
@@ -525,7 +540,9 @@ class TriageIndex:
         index.min_info = 0.75 * math.log(1.0 + n_articles)
         for article_id, norm, tokens in raw:
             weights = {tok: index.idf[tok] for tok in tokens}
-            index.phrases.append(_Phrase(article_id, norm, weights, sum(weights.values())))
+            index.phrases.append(
+                _Phrase(article_id, norm, weights, sum(weights.values()), frozenset(weights))
+            )
         postings: dict[str, list[int]] = defaultdict(list)
         for i, phrase in enumerate(index.phrases):
             for tok in phrase.weights:
@@ -564,6 +581,16 @@ class TriageIndex:
             return token, 1.0
         if len(token) < 4 or token.isdigit():
             return None
+        try:
+            return self.corrections[token]
+        except KeyError:
+            pass
+        if len(self.corrections) >= MAX_CORRECTIONS:
+            self.corrections.clear()
+        found = self.corrections[token] = self._search(token)
+        return found
+
+    def _search(self, token: str) -> tuple[str, float] | None:
         # ratio >= 80 bounds the length difference, so only near-length words are candidates.
         choices = self.near_length(len(token))
         if not choices:
@@ -597,12 +624,15 @@ class _Candidate:
     explained: frozenset[str] = frozenset()
     phrase_text: str = ""
     position: int = 1 << 30
+    order: int = 0  # catalogue order, the last tie-break
 
 
 def _find_codes(
-    text: str, index: TriageIndex
+    text: str, words: list[str], index: TriageIndex
 ) -> tuple[dict[str, tuple[float, Evidence, int]], list[str], list[str]]:
-    """Codes by id -> (score, evidence, position); the unknown full codes; bare-number hints (ids)."""
+    """Codes by id -> (score, evidence, position); the unknown full codes; bare-number hints (ids).
+
+    `words` are the text's words (_words): names are looked for in them, squeezed together."""
     found: dict[str, tuple[float, Evidence, int]] = {}
     unknown: list[str] = []
 
@@ -611,7 +641,8 @@ def _find_codes(
         if prev is None or prev[0] < score:
             found[article_id] = (score, evidence, pos if prev is None else min(pos, prev[2]))
 
-    if _HAS_DIGIT.search(text):
+    has_digit = _HAS_DIGIT.search(text) is not None
+    if has_digit:
         for pattern in (_FULL_CODE, _SPACED_CODE):
             for m in pattern.finditer(text):
                 suffix = str(int(m.group(1)))
@@ -628,11 +659,11 @@ def _find_codes(
                     add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
     if index.names_re is not None:
         # Names are matched with spaces and punctuation squeezed out: "SSO certificate error" finds SSOCertificateError.
-        compact = "".join(_TOKEN.findall(text[:MAX_TEXT_CHARS]))
+        compact = "".join(words)
         for m in index.names_re.finditer(compact):
             add(index.names[m.group()], SCORE_NAME, "name", m.start())
     hints: list[str] = []
-    if found or not _HAS_DIGIT.search(text):
+    if found or not has_digit:
         return found, unknown[:MAX_CODES], hints
     for m in _BARE_NUMBER.finditer(text[:MAX_TEXT_CHARS]):
         article_id = index.suffixes.get(str(int(m.group(1))), "")
@@ -645,78 +676,86 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
     """Best phrase per article: the share of the phrase's weight the message covers, nudged by how much
     of the message the phrase explains (so the phrase that explains "later" beats one that doesn't).
     Sums run over the postings of the message's words only, so cost follows the hits, not the catalogue."""
+    idf, postings = index.idf, index.postings
     seen: dict[str, float] = {}
     for tok in tokens:
+        if tok in idf:  # most words are known: skip the typo search
+            seen[tok] = 1.0
+            continue
         hit = index.correct(tok)
         if hit is not None and seen.get(hit[0], 0.0) < hit[1]:
             seen[hit[0]] = hit[1]
     if not seen:
         return {}
-    idf, postings = index.idf, index.postings
     # One sum serves both sides: the matched weight (typos count by their similarity) over the phrase's
     # total is how much of the phrase the message covers; over the message's total, how much it explains.
-    matched: dict[int, float] = {}
-    common = [t for t in seen if len(postings.get(t, ())) > COMMON_POSTINGS]
-    rare = [t for t in seen if t not in common]
+    matched: defaultdict[int, float] = defaultdict(float)
+    posting_sets = index.posting_sets  # holds exactly the common words
+    common = [t for t in seen if t in posting_sets]
+    rare = [t for t in seen if t not in posting_sets]
     for tok in rare or common:
         w = idf[tok] * seen[tok]
         for i in postings.get(tok, ()):
-            matched[i] = matched.get(i, 0.0) + w
+            matched[i] += w
     if rare:
         # A phrase made only of common words has too little weight to be an answer (see min_info), so common
         # words only add to phrases a rarer word already found: the cost follows the hits, not the catalogue.
         for tok in common:
             w = idf[tok] * seen[tok]
-            members = index.posting_sets[tok]
-            for i in matched:
-                if i in members:
-                    matched[i] += w
+            for i in posting_sets[tok].intersection(matched):
+                matched[i] += w
     inv_query = 1.0 / sum(idf[t] for t in seen)
     cover_coef, explain_coef, article_of = index.cover_coef, index.explain_coef, index.article_of
-    best: dict[str, tuple[float, int]] = {}
+    best: dict[str, float] = {}
+    best_phrase: dict[str, int] = {}
     for i, m in matched.items():
         score = m * (cover_coef[i] + explain_coef[i] * inv_query)
         article_id = article_of[i]
-        prev = best.get(article_id)
-        if prev is None or score > prev[0]:
-            best[article_id] = (score, i)
-    # Only the leaders need their evidence spelt out; the tail is never compared.
-    leaders = sorted(best.items(), key=lambda kv: -kv[1][0])[:MAX_CANDIDATES]
+        if score > best.get(article_id, -1.0):
+            best[article_id] = score
+            best_phrase[article_id] = i
+    # Only the leaders need their evidence spelt out; the tail is never compared. (A stable sort: ties keep
+    # the order in which the articles were found.)
+    leaders = sorted(best, key=best.__getitem__, reverse=True)[:MAX_CANDIDATES]
     out: dict[str, _Candidate] = {}
-    for article_id, (score, i) in leaders:
-        phrase = index.phrases[i]
+    for article_id in leaders:
+        phrase = index.phrases[best_phrase[article_id]]
+        score = best[article_id]
         out[article_id] = _Candidate(
             id=article_id,
             score=score,
             text_score=score,
-            explained=frozenset(t for t in phrase.weights if t in seen),
+            explained=phrase.tokens.intersection(seen),
             phrase_text=phrase.text,
         )
     return out
 
 
-def _out_of_scope_markers(norm: str, index: TriageIndex) -> tuple[str, ...]:
+def _out_of_scope_markers(words: list[str], index: TriageIndex) -> tuple[str, ...]:
     # Unstemmed words on purpose: "recording" is out of scope, an "SRV record" is not.
-    words = _TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))
-    present = set(words)
-    if not present & index.marker_words:
+    if index.marker_words.isdisjoint(words):
         return ()  # the common case: no marker's first word appears, so no marker can
     joined = " " + " ".join(words) + " "
     return tuple(m.strip() for m in index.out_of_scope if m in joined)
 
 
+def _rank_key(c: _Candidate) -> tuple[float, int, int, int]:
+    # Rounded so that float noise in the sums does not decide a tie the next keys should.
+    return (-round(c.score, 6), c.position, -len(c.explained), c.order)
+
+
 def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
     """Rank the knowledge articles for one message. Deterministic, bounded work, never raises on input."""
     norm = normalize(text)
-    codes, unknown, hints = _find_codes(norm, index)
-    tokens = content_tokens(norm)
-    candidates = _score_text(tokens, index)
-    markers = _out_of_scope_markers(norm, index)
+    words = _words(norm)
+    codes, unknown, hints = _find_codes(norm, words, index)
+    candidates = _score_text(_content_tokens(words), index)
+    markers = _out_of_scope_markers(words, index)
 
     for article_id, (score, evidence, pos) in codes.items():
         cand = candidates.get(article_id) or _Candidate(id=article_id)
-        cand.score = score + 0.01 * min(1.0, cand.text_score)  # text that agrees breaks ties between codes
-        cand.score = min(cand.score, 1.0)
+        # Text that agrees breaks ties between codes.
+        cand.score = min(score + 0.01 * min(1.0, cand.text_score), 1.0)
         cand.evidence, cand.position = evidence, pos
         candidates[article_id] = cand
     for article_id in hints:
@@ -734,16 +773,17 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
             if cand.text_score < EXACT_TEXT or len(cand.explained) < 4:
                 cand.score *= OUT_OF_SCOPE_DAMPING
 
-    ranked = sorted(
-        (c for c in candidates.values() if c.score > MIN_SCORE),
-        key=lambda c: (-round(c.score, 6), c.position, -len(c.explained), index.order.get(c.id, 0)),
-    )
+    order = index.order
+    ranked = [c for c in candidates.values() if c.score > MIN_SCORE]
+    for cand in ranked:
+        cand.order = order.get(cand.id, 0)
+    ranked.sort(key=_rank_key)
     outcome = _decide(ranked, codes, index)
     matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
     return TriageResult(
         outcome=outcome,
         matches=matches,
-        codes=tuple(sorted(codes, key=lambda i: codes[i][2])),
+        codes=tuple(sorted(codes, key=lambda i: codes[i][2])) if codes else (),
         unknown_codes=tuple(unknown),
         out_of_scope=markers,
     )
@@ -783,22 +823,28 @@ def _dominates(a: _Candidate, b: _Candidate) -> bool:
     return b.explained < a.explained and a.score > b.score
 
 
+def _shown(score: float) -> float:
+    return round(min(1.0, max(0.0, score)), 4)
+
+
 def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple[Match, ...]:
     # Twins (same evidence) are grouped among the text matches worth showing at all.
     strong = [c for c in ranked if c.evidence == "text" and c.score >= CLARIFY_AT]
+    if len(strong) < 2:  # the common case: nothing to group
+        return tuple([Match(c.id, _shown(c.score), c.evidence) for c in ranked[:limit]])
     out: list[Match] = []
     consumed: set[str] = set()
     for cand in ranked:
         if cand.id in consumed:
             continue
         related: tuple[str, ...] = ()
-        if len(strong) > 1 and cand in strong:
+        if cand in strong:
             related = tuple(
                 r.id for r in strong if r is not cand and r.id not in consumed and _same_evidence(cand, r)
             )
         if outcome != "none":
             consumed.update(related)
-        out.append(Match(cand.id, round(min(1.0, max(0.0, cand.score)), 4), cand.evidence, related))
+        out.append(Match(cand.id, _shown(cand.score), cand.evidence, related))
         consumed.add(cand.id)
         if len(out) >= limit:
             break

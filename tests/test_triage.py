@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.knowledge import KnowledgeBase
-from bot.triage import TriageIndex, normalize, split_name, triage
+from bot.triage import MAX_CORRECTIONS, TriageIndex, normalize, split_name, triage
 
 DATA = Path(__file__).parent / "data"
 
@@ -215,3 +215,15 @@ def test_quality_bar(
     oos = false_confident / len(out_scope)
     assert top1 >= min_top1, f"{name}: in-scope top-1 {top1:.3f} < {min_top1}"
     assert oos <= max_oos_confident, f"{name}: confident on {oos:.3f} of out-of-scope lines"
+
+
+def test_typo_memory_is_bounded_and_changes_no_answer(kb: KnowledgeBase) -> None:
+    fresh = TriageIndex.build(kb)
+    text = "blnk screan after I lgin to webx on my laptopp"
+    first = triage(text, fresh)
+    assert fresh.corrections, "the typo searches of the first message are remembered"
+    assert triage(text, fresh) == first
+    for n in range(MAX_CORRECTIONS + 50):  # a stream of words nobody repeats
+        fresh.correct(f"qzx{n:05d}")
+    assert len(fresh.corrections) <= MAX_CORRECTIONS
+    assert triage(text, fresh) == first == triage(text, TriageIndex.build(kb))
