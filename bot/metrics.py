@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,6 +19,8 @@ class Metrics:
     triage_outcomes: Counter = field(init=False)
     ack_seconds: Histogram = field(init=False)
     inbox_pending: Gauge = field(init=False)
+    # Label children of the ack path's counters, looked up once: labels() takes a lock and builds a key.
+    _children: dict[tuple[str, str], Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -40,6 +43,14 @@ class Metrics:
             registry=r,
         )
         self.inbox_pending = Gauge("bot_inbox_pending", "Events waiting in the inbox", registry=r)
+
+    def count(self, counter: Literal["received", "ignored"], label: str) -> None:
+        """events_received / events_ignored by a label from a small fixed set (the webhook's hot path)."""
+        child = self._children.get((counter, label))
+        if child is None:
+            metric = self.events_received if counter == "received" else self.events_ignored
+            child = self._children[(counter, label)] = metric.labels(label)
+        child.inc()
 
     def on_webex_response(self, method: str, endpoint: str, status: int | str) -> None:
         self.webex_calls.labels(method, endpoint, str(status)).inc()

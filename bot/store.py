@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 import statistics
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy import Sequence as SqlSequence
@@ -52,6 +54,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ColumnElement, Insert, TableValuedAlias
+from sqlalchemy.sql.elements import Tuple
 
 STATUSES = ("pending", "working", "done", "failed", "dead")
 TICKET_STATUSES = ("open", "claimed", "resolved", "cancelled")
@@ -68,6 +71,7 @@ CONFIDENT = "fix"
 # How long a confident answer must sit without a vote or a ticket before stats count it as a likely deflection.
 DEFLECTION_AGE = timedelta(hours=24)
 MAX_ERROR_CHARS = 2000
+PURGE_BATCH = 1000  # rows per delete transaction
 # Connect, query and pool-checkout limit: the webhook must answer 503 quickly rather than hang until Webex gives up.
 TIMEOUT_SECONDS = 10.0
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -681,6 +685,49 @@ class _SqliteInboxWriter:
             conn.close()
 
 
+class _Turns:
+    """A lock whose urgent waiters go first, though never more than MAX_URGENT_RUN times in a row while others
+    wait: acks stay fast behind a busy worker, and a flood of acks cannot starve the worker's lease renewals."""
+
+    MAX_URGENT_RUN = 4
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+        self._urgent_run = 0
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self._held:
+            self._held = True
+            self._urgent_run = self._urgent_run + 1 if urgent else 0
+            return
+        queue = self._urgent if urgent else self._normal
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed the turn just as we were cancelled: pass it on
+            else:
+                queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        while True:
+            urgent_first = self._urgent and (not self._normal or self._urgent_run < self.MAX_URGENT_RUN)
+            queue = self._urgent if urgent_first else self._normal
+            if not queue:
+                self._held = False
+                return
+            turn = queue.popleft()
+            if not turn.done():
+                self._urgent_run = self._urgent_run + 1 if urgent_first else 0
+                turn.set_result(None)  # the lock stays held, now by that waiter
+                return
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and (
         exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
@@ -709,10 +756,10 @@ class Store:
         self._clock = now
         self._safe_url = engine.url.render_as_string(hide_password=True)
         self._sqlite_inbox: _SqliteInboxWriter | None = None
-        self._turn: asyncio.Lock | None = None
+        self._turn: _Turns | None = None
         if self.dialect == "sqlite":
             self._sqlite_inbox = _SqliteInboxWriter(engine.url.database or "", engine.dialect)
-            self._turn = asyncio.Lock()
+            self._turn = _Turns()
 
     @classmethod
     async def open(cls, url: str, *, now: Callable[[], datetime] = utcnow, pool_size: int = 5) -> Store:
@@ -779,7 +826,7 @@ class Store:
             return set()
         now = self._now()
         if self._sqlite_inbox is not None:
-            async with self._unavailable_as_store_error(), self._write_turn():
+            async with self._unavailable_as_store_error(), self._write_turn(urgent=True):
                 return await self._sqlite_inbox.insert(events, now)
         rows = [
             {
@@ -906,6 +953,43 @@ class Store:
         async with self._begin() as conn:
             rows = (await conn.execute(query)).all()
         return {status: 0 for status in STATUSES} | {status: count for status, count in rows}
+
+    # --- retention -----------------------------------------------------------------------------------------
+
+    async def purge(self, older_than: timedelta, *, batch: int = PURGE_BATCH) -> dict[str, int]:
+        """Delete what only mattered for a while; returns the rows deleted per table.
+
+        Goes: handled inbox events (the dedupe window for redeliveries is minutes, not weeks), their recorded
+        effects, delivered outbox items and the conversation log (a ticket keeps its own transcript). Stays:
+        tickets, triage and feedback (the stats), and anything pending, failed or dead (someone should look).
+        Deletes run `batch` rows per transaction, so an ack waiting for SQLite's one writer waits for a short
+        delete, never for a long one."""
+        cutoff = self._now() - older_than
+        # Each target: the table, the key its rows are deleted by, and which rows are old enough.
+        targets: list[tuple[Table, ColumnElement[Any], ColumnElement[bool]]] = [
+            # (status, next_attempt_at) is indexed; a done event's last attempt is when it was handled.
+            (inbox, inbox.c.id, and_(inbox.c.status == "done", inbox.c.next_attempt_at < cutoff)),
+            (
+                event_effects,
+                tuple_(event_effects.c.event_id, event_effects.c.step),
+                event_effects.c.created_at < cutoff,
+            ),
+            (outbox, outbox.c.id, and_(outbox.c.status == "delivered", outbox.c.next_attempt_at < cutoff)),
+            (messages_log, messages_log.c.id, messages_log.c.created_at < cutoff),
+        ]
+        deleted: dict[str, int] = {}
+        for table, key, old in targets:
+            columns = list(key.clauses) if isinstance(key, Tuple) else [key]
+            total = 0
+            while True:
+                chunk = select(*columns).where(old).limit(batch)
+                async with self._begin() as conn:
+                    count = (await conn.execute(table.delete().where(key.in_(chunk)))).rowcount
+                total += count
+                if count < batch:
+                    break
+            deleted[table.name] = total
+        return deleted
 
     # --- conversation facts --------------------------------------------------------------------------------
 
@@ -1349,16 +1433,17 @@ class Store:
             yield conn
 
     @asynccontextmanager
-    async def _write_turn(self) -> AsyncIterator[None]:
+    async def _write_turn(self, *, urgent: bool = False) -> AsyncIterator[None]:
         """On SQLite, one transaction at a time across the store's two connections (see _SqliteInboxWriter).
 
         SQLite serialises them anyway, but its busy handler does it by sleeping 1, 2, 5, 10 ... ms between
-        tries: taking turns here makes the wait exactly as long as the other transaction."""
+        tries: taking turns here makes the wait exactly as long as the other transaction. Urgent turns (the
+        inbox insert a webhook's answer waits for) go before the worker's queued transactions."""
         if self._turn is None:
             yield
             return
         async with asyncio.timeout(TIMEOUT_SECONDS):  # TimeoutError: reported as StoreUnavailable
-            await self._turn.acquire()
+            await self._turn.acquire(urgent=urgent)
         try:
             yield
         finally:

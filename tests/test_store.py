@@ -45,6 +45,7 @@ from bot.store import (
     TriageRecord,
     UpgradeStatement,
     UtcDateTime,
+    _Turns,
     async_url,
     metadata,
     migrate,
@@ -672,3 +673,28 @@ async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: 
     assert await store.enqueue_events(batch) == {"a"}
     assert await store.enqueue_events([]) == set()
     assert (await store.inbox_counts())["pending"] == 2
+
+
+async def test_write_turns_put_acks_first_without_starving_the_worker() -> None:
+    turns = _Turns()
+    order: list[str] = []
+
+    async def take(name: str, *, urgent: bool) -> None:
+        await turns.acquire(urgent=urgent)
+        order.append(name)
+        await asyncio.sleep(0)
+        turns.release()
+
+    await turns.acquire()  # someone holds it while everyone else queues
+    waiters = [asyncio.create_task(take(f"w{n}", urgent=False)) for n in range(2)]
+    waiters += [asyncio.create_task(take(f"a{n}", urgent=True)) for n in range(6)]
+    cancelled = asyncio.create_task(take("gone", urgent=True))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(*waiters)
+    # Urgent first, at most MAX_URGENT_RUN in a row while the worker waits; the cancelled waiter never runs.
+    assert order == ["a0", "a1", "a2", "a3", "w0", "a4", "a5", "w1"]
+    await turns.acquire()  # and the lock is free again
+    turns.release()
