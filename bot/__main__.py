@@ -186,6 +186,35 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from bot.store import Store, StoreUnavailable
+
+    days = settings.retention_days if args.days is None else args.days
+    if days <= 0:
+        print("nothing to do: RETENTION_DAYS=0 keeps everything (or pass --days N)", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def purge() -> dict[str, int]:
+        store = await Store.open(settings.database_url)
+        try:
+            return await store.purge(timedelta(days=days))
+        finally:
+            await store.close()
+
+    try:
+        deleted = asyncio.run(purge())
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"deleted rows older than {days:g} days:")
+    for table, count in deleted.items():
+        print(f"  {table:<14} {count}")
+    return EXIT_OK
+
+
 def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
     from bot import registration
 
@@ -232,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("period", nargs="?", default="7d", help="7d (default), 30d or Nd")
     stats.set_defaults(func=cmd_stats)
+    purge = sub.add_parser(
+        "purge",
+        help="delete handled events, delivered ITSM items and old conversation log now (DATABASE_URL)",
+    )
+    purge.add_argument(
+        "--days",
+        type=float,
+        help="keep this many days (default RETENTION_DAYS, 14); the server also purges hourly",
+    )
+    purge.set_defaults(func=cmd_purge)
     whoami = sub.add_parser("whoami", help="who the token belongs to")
     whoami.set_defaults(func=cmd_whoami)
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -112,6 +113,15 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
             )
             outbox.start()
         background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
+        if settings.retention_days > 0:
+            background.append(
+                asyncio.create_task(
+                    _purge_periodically(
+                        store, timedelta(days=settings.retention_days), settings.purge_interval_seconds
+                    ),
+                    name="purge",
+                )
+            )
         stop_watching = asyncio.Event()
         if isinstance(webex, WebexClient) and settings.public_url is not None:
             # Webex disables a webhook after repeated failures and never re-enables it by itself.
@@ -163,6 +173,25 @@ async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
         log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
         worker.ready.set()
         return
+
+
+async def _purge_periodically(store: Store, keep: timedelta, interval: float) -> None:
+    """Retention: without it the database grows by every event for ever (about 3 KB each on SQLite)."""
+    while True:
+        try:
+            deleted = await store.purge(keep)
+        except StoreUnavailable as exc:
+            log.warning("purge skipped, the database is unavailable: %s", exc)
+        except Exception:
+            log.exception("purge failed; trying again in %.0fs", interval)
+        else:
+            if any(deleted.values()):
+                log.info(
+                    "purged rows older than %s: %s",
+                    keep,
+                    ", ".join(f"{table} {n}" for table, n in deleted.items()),
+                )
+        await asyncio.sleep(interval)
 
 
 def _is_permanent(exc: BaseException) -> bool:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=1, le=1000)
     # Per-call timeout of Webex API requests (each retry gets its own).
     webex_timeout_seconds: float = Field(default=10.0, gt=0.0, le=120.0)
+    # Handled events, delivered ITSM items and the conversation log older than this are deleted (hourly);
+    # tickets and the stats' records stay. 0 keeps everything.
+    retention_days: float = Field(default=14.0, ge=0.0, le=3650.0)
+    purge_interval_seconds: float = Field(default=3600.0, ge=1.0, le=86400.0)
 
     # Escalation links: override the defaults in knowledge/links.toml without editing the files.
     helpdesk_portal_url: str | None = None

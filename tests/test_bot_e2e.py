@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot.cards import parse_submit
 from bot.keys import CONTEXT
+from bot.store import messages_log
 from tests.fakewebex import FakeWebex, bare_uuid
 from tests.harness import Bot, card_of, db_url, make_settings, submits, wait_for
+from tests.test_store import fetch_all
 
 
 @pytest.fixture
@@ -298,3 +302,25 @@ async def test_not_ready_until_identity_known(fake_webex: FakeWebex, tmp_path: P
         assert (await resp.json())["checks"]["webex_identity"] is False
     finally:
         await bot.client.close()
+
+
+async def test_the_server_purges_handled_events_past_retention(
+    fake_webex: FakeWebex, people: dict[str, Any], tmp_path: Path
+) -> None:
+    # Retention of one second, checked every second: the handled event goes, and the conversation log with it.
+    url = db_url(tmp_path)
+    settings = make_settings(fake_webex, url, retention_days=1 / 86400, purge_interval_seconds=1)
+    async with Bot(fake_webex, settings) as bot:
+        msg = fake_webex.add_message(people["direct"]["id"], people["alice"], "blank screen after login")
+        assert (await bot.post(fake_webex.message_created_envelope(msg))).status == 200
+        await wait_for(lambda: len(fake_webex.posted_messages) == 1, what="the reply")
+        await bot.idle()
+        store = bot.app[CONTEXT].store
+        deadline = asyncio.get_running_loop().time() + 10
+        while await store.get_event(msg["id"]) is not None:
+            assert asyncio.get_running_loop().time() < deadline, "the periodic purge never deleted the event"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # one more round for what was written after the event was marked done
+        assert await fetch_all(url, select(messages_log)) == []
+        # The ticket-free conversation is gone; the stats' triage record stays.
+        assert (await store.stats(since=datetime.now(UTC) - timedelta(days=1))).messages_triaged == 1

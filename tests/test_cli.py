@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from bot.store import Store
 
 from .conftest import KNOWLEDGE_DIR, ROOT
 
@@ -82,3 +86,41 @@ def test_bad_configuration_names_the_variable() -> None:
     out = run("ask", "hi", env={"PORT": "not-a-port"})
     assert out.returncode == 2
     assert "PORT" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_purge_deletes_old_handled_events_and_says_how_many(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+
+    async def seed() -> None:
+        month_ago = datetime.now(UTC) - timedelta(days=30)
+        for clock, event_id, handled in (
+            (month_ago, "old", True),
+            (None, "recent", True),
+            (month_ago, "stuck", False),
+        ):
+            store = await (Store.open(url, now=lambda at=clock: at) if clock else Store.open(url))
+            try:
+                await store.enqueue_event(event_id, "messages", "{}")
+                if handled:
+                    [claimed] = await store.claim_events("w1")
+                    await store.mark_done(claimed.event_id)
+            finally:
+                await store.close()
+
+    async def left() -> dict[str, int]:
+        store = await Store.open(url)
+        try:
+            return await store.inbox_counts()
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    out = run("purge", "--days", "14", env={"DATABASE_URL": url})
+    assert out.returncode == 0, out.stderr
+    assert "deleted rows older than 14 days" in out.stdout
+    assert [line.split() for line in out.stdout.splitlines() if "inbox" in line] == [["inbox", "1"]]
+    counts = asyncio.run(left())
+    assert (counts["done"], counts["pending"]) == (1, 1)  # the recent one, and the one never handled
+
+    refused = run("purge", env={"DATABASE_URL": url, "RETENTION_DAYS": "0"})
+    assert refused.returncode == 2 and "keeps everything" in refused.stderr

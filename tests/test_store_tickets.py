@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.store import OutboxItem, Stats, Store, Ticket, TicketChange, outbox, ticket_payload
+from bot.store import (
+    TICKET_STATUSES,
+    OutboxItem,
+    Stats,
+    Store,
+    Ticket,
+    TicketChange,
+    inbox,
+    outbox,
+    ticket_payload,
+)
 from tests import test_store as base
 from tests.test_store import Clock, fetch_all
 
@@ -575,3 +585,47 @@ async def test_unmatched_is_the_newest_non_confident_triage(store: Store, clock:
         clock(),
     )
     assert newest.created_at.tzinfo == UTC
+
+
+# --- retention -------------------------------------------------------------------------------------------------
+
+
+async def test_purge_deletes_only_what_is_handled_and_old(db_url: str, store: Store, clock: Clock) -> None:
+    async def old_and_new(tag: str) -> None:
+        """One of everything at the current time: an event done, one pending, one dead, effects, log, ticket."""
+        await store.enqueue_events([(f"{tag}-done", "messages", "{}"), (f"{tag}-waiting", "messages", "{}")])
+        await store.enqueue_event(f"{tag}-dead", "messages", "{}")
+        for claimed in await store.claim_events("w1", limit=10):
+            if claimed.event_id == f"{tag}-done":
+                await store.record_effect(claimed.event_id, "reply", "m")
+                await store.mark_done(claimed.event_id)
+            elif claimed.event_id == f"{tag}-dead":
+                await store.mark_failed(claimed.event_id, "boom", retry_in=None)
+            else:
+                await store.mark_failed(claimed.event_id, "later", retry_in=3600)
+        await store.log_message(room_id="r1", thread_id=None, person_id="p", who="Ann", text=f"{tag} hello")
+        ticket = await open_ticket(store, key=f"{tag}-ticket")
+        [item] = await store.claim_outbox("w1")
+        assert item.ticket_id == ticket.id
+        await store.mark_outbox_delivered(item.id)
+
+    await old_and_new("old")
+    clock.advance(20 * 86400)
+    await old_and_new("new")
+    clock.advance(86400)
+
+    deleted = await store.purge(timedelta(days=14), batch=1)  # batch=1: the loop runs until nothing is left
+    assert deleted == {"inbox": 1, "event_effects": 1, "outbox": 1, "messages_log": 1}
+    left = {row.event_id: row.status for row in await fetch_all(db_url, select(inbox))}
+    assert left == {
+        "old-waiting": "failed",
+        "old-dead": "dead",
+        "new-done": "done",
+        "new-waiting": "failed",
+        "new-dead": "dead",
+    }
+    assert await store.effects("old-done") == {} and await store.effects("new-done") == {"reply": "m"}
+    assert [m["text"] for m in await store.recent_messages("r1", None)] == ["new hello"]
+    assert len(await fetch_all(db_url, select(outbox))) == 1
+    assert len(await store.list_tickets(TICKET_STATUSES)) == 2  # tickets stay
+    assert await store.purge(timedelta(days=14)) == dict.fromkeys(deleted, 0)
