@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
@@ -23,7 +24,7 @@ def signature_valid(body: bytes, secret: str, header: str | None) -> bool:
     """X-Spark-Signature is the hex HMAC-SHA1 of the raw body; compare in constant time."""
     if not header:
         return False
-    expected = hmac.digest(secret.encode(), body, "sha1").hex().encode()  # the one-shot C path
+    expected = hmac.new(secret.encode(), body, hashlib.sha1).hexdigest().encode()
     # Bytes, not str: compare_digest refuses non-ASCII str, and a header is attacker-controlled.
     return hmac.compare_digest(expected, header.strip().lower().encode("utf-8", "replace"))
 
