@@ -38,7 +38,9 @@ def main() -> None:
         result = run_wrk(bot.url, bodies, args.seconds, args.connections)
         print(f"{result['rps']:,.0f} req/s under the profiler", flush=True)
         bot.proc.stop()
-    pstats.Stats(str(out)).sort_stats(args.sort).print_stats(args.top)
+    stats = pstats.Stats(str(out)).sort_stats(args.sort)
+    stats.print_stats(args.top)
+    stats.print_callees("_receive")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """Webhook ack throughput on one core: bare aiohttp vs the bot's real app (`python -m bot serve`), driven by wrk.
 
 Run: python bench/webhook_ack.py [--rounds 3] [--duration 10] [--warmup 3] [--connections 32] [--json out.json]
+     python bench/webhook_ack.py --variants bare,bot-ack,bot-dup   # without bot-full and its minutes of drain
 
 Every server runs pinned to core 0, wrk and the fake Webex to core 1. Variants, interleaved in each round so
 that machine noise hits all of them alike (the ratios are taken within a round, then the median across rounds):
@@ -80,15 +81,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--drain-timeout", type=float, default=600.0, help="max wait for bot-full's backlog")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated subset of %(default)s; bare and bot-ack are always run",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     args = parser.parse_args()
+    chosen = {v.strip() for v in args.variants.split(",") if v.strip()} | {"bare", "bot-ack"}
+    if chosen - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(chosen - set(VARIANTS)))}")
+    args.variants = [v for v in VARIANTS if v in chosen]
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
 
     info = h.machine()
     print(h.describe(info), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ack-"))
-    results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     drains: list[dict[str, float]] = []
     with h.processes() as procs:
         parked_fake = h.Fake(procs, tmp, "fake-parked", refuse_identity=True)
@@ -96,9 +106,10 @@ def main() -> None:
         bare_url = h.start_bare(procs, tmp)
         bare_proc = procs[-1]
         parked = h.Bot(procs, tmp, "bot-parked", parked_fake)
-        full = h.Bot(procs, tmp, "bot-full", fast_fake)
+        full = h.Bot(procs, tmp, "bot-full", fast_fake) if "bot-full" in results else None
         parked.wait_ready(identity=False)
-        full.wait_ready()
+        if full is not None:
+            full.wait_ready()
 
         # Same envelope shape and size for every variant; bare may wrap around its pool, the bots may not.
         bare_pool = tmp / "bare.txt"
@@ -120,10 +131,13 @@ def main() -> None:
 
             # Only bodies wrk certainly sent (and so the bot stored) make a duplicates-only pool.
             stored = max(1, ack["requests"] - 2 * args.connections)
-            dup_pool = prefix(bodies, tmp / f"dup-{rnd}.txt", stored)
-            results["bot-dup"].append(measure(parked.url, parked.proc, dup_pool, dup_pool, args))
+            if "bot-dup" in results:
+                dup_pool = prefix(bodies, tmp / f"dup-{rnd}.txt", stored)
+                results["bot-dup"].append(measure(parked.url, parked.proc, dup_pool, dup_pool, args))
 
             expected_rps = max(r["rps"] for r in results["bot-ack"]) * 1.1
+            if full is None:
+                continue
             warm, bodies = tmp / f"full-warm-{rnd}.txt", tmp / f"full-{rnd}.txt"
             h.write_bodies(warm, fast_fake.envelopes(int(expected_rps * args.warmup * BODY_MARGIN)))
             h.write_bodies(bodies, fast_fake.envelopes(int(expected_rps * args.duration * BODY_MARGIN)))
@@ -141,7 +155,9 @@ def main() -> None:
                 f"{replied} replies in {drains[-1]['seconds']:.0f}s",
                 flush=True,
             )
-        rss = {"bot-parked": parked.proc.rss_kib(), "bot-full": full.proc.rss_kib()}
+        rss = {"bot-parked": parked.proc.rss_kib()}
+        if full is not None:
+            rss["bot-full"] = full.proc.rss_kib()
 
     report(results, drains, rss, info, args)
     if args.keep:
@@ -160,7 +176,7 @@ def report(
     bare = results["bare"]
     rows = []
     summary: dict[str, Any] = {}
-    for variant in VARIANTS:
+    for variant in results:
         runs = results[variant]
         ratios = [r["rps"] / b["rps"] for r, b in zip(runs, bare, strict=True)]
         s = {
@@ -227,12 +243,13 @@ def report(
         f"\ngoal bot-ack >= 50% of bare: {'met' if ok else 'NOT met'} "
         f"({ack['ratio_vs_bare']:.1%} by req/s, {ack['cpu_ratio_vs_bare']:.1%} by CPU per request)"
     )
-    worker_rate = h.med(d["replied"] / d["seconds"] for d in drains)
-    print(
-        f"bot-full: the worker answered {worker_rate:,.0f} events/s on average from the start of the run "
-        f"until its backlog drained; RSS at the end: parked {rss['bot-parked'] / 1024:,.0f} MiB, "
-        f"full {rss['bot-full'] / 1024:,.0f} MiB"
-    )
+    if drains:
+        worker_rate = h.med(d["replied"] / d["seconds"] for d in drains)
+        print(
+            f"bot-full: the worker answered {worker_rate:,.0f} events/s on average from the start of the run "
+            f"until its backlog drained"
+        )
+    print("RSS at the end: " + ", ".join(f"{name} {kib / 1024:,.0f} MiB" for name, kib in rss.items()))
     h.write_json(
         args.json,
         {

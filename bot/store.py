@@ -660,12 +660,13 @@ class _SqliteInboxWriter:
             self._conn = conn
         stamp = self._stamp(now)
         new: set[str] = set()
-        conn.execute("BEGIN IMMEDIATE")
+        cursor = conn.cursor()  # one cursor for the batch: conn.execute would make one per row
+        cursor.execute("BEGIN IMMEDIATE")
         try:
             for event_id, resource, payload in rows:
-                if conn.execute(self.SQL, (event_id, resource, payload, stamp, stamp)).rowcount == 1:
+                if cursor.execute(self.SQL, (event_id, resource, payload, stamp, stamp)).rowcount == 1:
                     new.add(event_id)
-            conn.execute("COMMIT")
+            cursor.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
