@@ -144,7 +144,7 @@ def report(
     )
     db_per10k = (last["db_mib"] - points[0]["db_mib"]) / (last["events"] / 10_000) if last["events"] else 0.0
     print(
-        f"SQLite grows {db_per10k:.1f} MiB per 10k events (nothing is purged); inbox at the end: {counts}; "
+        f"SQLite grows {db_per10k:.1f} MiB per 10k events (none is old enough for the hourly purge: RETENTION_DAYS, default 14); inbox at the end: {counts}; "
         f"replies posted: {replies:,}{'; STOPPED EARLY' if stopped_early else ''}"
     )
     h.write_json(

@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT))
 from bot.knowledge import Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
 from bot.triage import TriageIndex, triage  # noqa: E402
 
+SETS = ("triage_public.jsonl", "triage_holdout.jsonl")
 
-def messages() -> list[str]:
+
+def messages(names: tuple[str, ...] = SETS) -> list[str]:
     out = []
-    for name in ("triage_public.jsonl", "triage_holdout.jsonl"):
+    for name in names:
         path = ROOT / "tests" / "data" / name
         if path.exists():
             out += [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
@@ -158,6 +160,9 @@ def main() -> None:
     index = TriageIndex.build(base)
     build_ms = (time.perf_counter() - start) * 1e3
     first, med, best = per_message_us(index, texts, args.repeat)
+    # The bar is stated on the public set alone: measure it on its own too, on the same warm index.
+    public = messages(SETS[:1])
+    public_runs = [one_pass_us(index, public) for _ in range(args.repeat)]
     rows.append(
         {
             "catalogue": len(base.articles),
@@ -183,6 +188,10 @@ def main() -> None:
             }
         )
     print(f"{len(texts)} messages (public + holdout sets), Python {sys.version.split()[0]}")
+    print(
+        f"public set alone ({len(public)} messages), real catalogue: median {statistics.median(public_runs):.1f} "
+        f"us/msg, best {min(public_runs):.1f}"
+    )
     print("first pass: a fresh index, nothing remembered yet; median/best: the passes after it")
     print(
         f"{'articles':>9} {'index build ms':>15} {'first pass us':>14} {'median us/msg':>14} {'best us/msg':>12}"
@@ -192,6 +201,7 @@ def main() -> None:
             f"{r['catalogue']:>9} {r['build_ms']:>15} {r['first_pass_us']:>14} {r['median_us']:>14} {r['best_us']:>12}"
         )
     if args.json:
+        rows[0]["public_set_median_us"] = round(statistics.median(public_runs), 1)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.plot:
         plot(rows, len(texts), args.plot)
