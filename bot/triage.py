@@ -9,7 +9,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from rapidfuzz import fuzz, process
 
@@ -528,7 +528,7 @@ class TriageIndex:
             if article.name and len(split_name(article.name)) >= 2:
                 index.names[article.name.lower()] = article.id
         if index.names:
-            index.names_re = re.compile("|".join(map(re.escape, sorted(index.names, key=len, reverse=True))))
+            index.names_re = re.compile(_trie_pattern(index.names))
         # Document frequency counts articles, not phrases: a word in every error message says little.
         df: dict[str, set[str]] = defaultdict(set)
         for article_id, _, tokens in raw:
@@ -599,6 +599,32 @@ class TriageIndex:
         if found is None:
             return None
         return found[0], found[1] / 100.0
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One regex for many literal words, factored by common prefix ("sso(?:cancelled|certificateerror|...)").
+
+    re tries an alternation's branches one by one at every position; factored, it follows one branch per
+    letter. The optional group after a word's end is greedy, so the longest word wins, as a longest-first
+    alternation would."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # end of a word
+
+    def emit(node: dict[str, Any]) -> str:
+        ends = "" in node
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if ends:
+            return ("(?:" + body + ")?") if len(branches) == 1 else body + "?"
+        return body
+
+    return emit(trie)
 
 
 def _choices(article: Article) -> Iterable[str]:
@@ -775,11 +801,12 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
             if cand.text_score < EXACT_TEXT or len(cand.explained) < 4:
                 cand.score *= OUT_OF_SCOPE_DAMPING
 
-    order = index.order
     ranked = [c for c in candidates.values() if c.score > MIN_SCORE]
-    for cand in ranked:
-        cand.order = order.get(cand.id, 0)
-    ranked.sort(key=_rank_key)
+    if len(ranked) > 1:  # often there is just one
+        order = index.order
+        for cand in ranked:
+            cand.order = order.get(cand.id, 0)
+        ranked.sort(key=_rank_key)
     outcome = _decide(ranked, codes, index)
     matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
     return TriageResult(
