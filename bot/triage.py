@@ -732,7 +732,7 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
             w = idf[tok] * seen[tok]
             for i in posting_sets[tok].intersection(matched):
                 matched[i] += w
-    inv_query = 1.0 / sum(idf[t] for t in seen)
+    inv_query = 1.0 / sum(map(idf.__getitem__, seen))
     cover_coef, explain_coef, article_of = index.cover_coef, index.explain_coef, index.article_of
     best: dict[str, float] = {}
     best_phrase: dict[str, int] = {}
@@ -749,12 +749,9 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
     for article_id in leaders:
         phrase = index.phrases[best_phrase[article_id]]
         score = best[article_id]
+        # Positional, in field order (id, score, evidence, text_score, explained, phrase_text): the hot call.
         out[article_id] = _Candidate(
-            id=article_id,
-            score=score,
-            text_score=score,
-            explained=phrase.tokens.intersection(seen),
-            phrase_text=phrase.text,
+            article_id, score, "text", score, phrase.tokens.intersection(seen), phrase.text
         )
     return out
 
@@ -860,7 +857,10 @@ def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple
     # Twins (same evidence) are grouped among the text matches worth showing at all.
     strong = [c for c in ranked if c.evidence == "text" and c.score >= CLARIFY_AT]
     if len(strong) < 2:  # the common case: nothing to group
-        return tuple([Match(c.id, _shown(c.score), c.evidence) for c in ranked[:limit]])
+        # Scores are in [0, 1] up to float noise above 1; clamp only that side, inline (the hot path).
+        return tuple(
+            [Match(c.id, round(c.score if c.score < 1.0 else 1.0, 4), c.evidence) for c in ranked[:limit]]
+        )
     out: list[Match] = []
     consumed: set[str] = set()
     for cand in ranked:
