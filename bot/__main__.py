@@ -6,14 +6,20 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
 from bot.config import Settings, describe_settings_error
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
 from bot.triage import TriageIndex, TriageResult, triage
+
+if TYPE_CHECKING:  # the commands import the store lazily: `ask` starts without SQLAlchemy
+    from bot.store import Store
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -152,13 +158,28 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+def _with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
+    """Open DATABASE_URL, run one store call, close: for the commands that are a single query."""
     import asyncio
+
+    from bot.store import Store
+
+    async def run() -> T:
+        store = await Store.open(settings.database_url)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     import re
     from datetime import UTC, datetime, timedelta
 
     from bot.cards import stats_lines
-    from bot.store import Stats, Store, StoreUnavailable
+    from bot.store import StoreUnavailable
 
     match = re.fullmatch(r"(\d{1,3})d?", args.period.strip().lower())
     if match is None:
@@ -166,16 +187,11 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     days = max(1, int(match.group(1)))
 
-    async def fetch() -> Stats:
-        store = await Store.open(settings.database_url)
-        try:
-            return await store.stats(since=datetime.now(UTC) - timedelta(days=days))
-        finally:
-            await store.close()
-
     kb = _load(settings)
     try:
-        stats = asyncio.run(fetch())
+        stats = _with_store(
+            settings, lambda store: store.stats(since=datetime.now(UTC) - timedelta(days=days))
+        )
     except StoreUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -187,25 +203,17 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
     from datetime import timedelta
 
-    from bot.store import Store, StoreUnavailable
+    from bot.store import StoreUnavailable
 
     days = settings.retention_days if args.days is None else args.days
     if days <= 0:
         print("nothing to do: RETENTION_DAYS=0 keeps everything (or pass --days N)", file=sys.stderr)
         return EXIT_USAGE
 
-    async def purge() -> dict[str, int]:
-        store = await Store.open(settings.database_url)
-        try:
-            return await store.purge(timedelta(days=days))
-        finally:
-            await store.close()
-
     try:
-        deleted = asyncio.run(purge())
+        deleted = _with_store(settings, lambda store: store.purge(timedelta(days=days)))
     except StoreUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -54,7 +54,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ColumnElement, Insert, TableValuedAlias
-from sqlalchemy.sql.elements import Tuple
 
 STATUSES = ("pending", "working", "done", "failed", "dead")
 TICKET_STATUSES = ("open", "claimed", "resolved", "cancelled")
@@ -628,7 +627,7 @@ class _SqliteInboxWriter:
     This is the one write on the webhook's ack path. Through SQLAlchemy's async layer and aiosqlite a batch costs
     about a millisecond of Python (a thread hop per statement, greenlet switches, per-row type processing); here a
     batch is one hop, one transaction and a few microseconds per row. It is a second connection to the same file:
-    it takes turns with the main one for SQLite's write lock through busy_timeout, as a second replica would."""
+    Store._write_turn makes it take turns with the main one, so neither waits in SQLite's busy handler."""
 
     # Hand-written rather than compiled from `inbox` so that the hot path has nothing to build; the store tests
     # read these rows back through SQLAlchemy, so a column this misses or mistypes fails them.
@@ -966,21 +965,21 @@ class Store:
         Deletes run `batch` rows per transaction, so an ack waiting for SQLite's one writer waits for a short
         delete, never for a long one."""
         cutoff = self._now() - older_than
-        # Each target: the table, the key its rows are deleted by, and which rows are old enough.
-        targets: list[tuple[Table, ColumnElement[Any], ColumnElement[bool]]] = [
+        # Each target: the table, the key columns its rows are deleted by, and which rows are old enough.
+        targets: list[tuple[Table, list[ColumnElement[Any]], ColumnElement[bool]]] = [
             # (status, next_attempt_at) is indexed; a done event's last attempt is when it was handled.
-            (inbox, inbox.c.id, and_(inbox.c.status == "done", inbox.c.next_attempt_at < cutoff)),
+            (inbox, [inbox.c.id], and_(inbox.c.status == "done", inbox.c.next_attempt_at < cutoff)),
             (
                 event_effects,
-                tuple_(event_effects.c.event_id, event_effects.c.step),
+                [event_effects.c.event_id, event_effects.c.step],
                 event_effects.c.created_at < cutoff,
             ),
-            (outbox, outbox.c.id, and_(outbox.c.status == "delivered", outbox.c.next_attempt_at < cutoff)),
-            (messages_log, messages_log.c.id, messages_log.c.created_at < cutoff),
+            (outbox, [outbox.c.id], and_(outbox.c.status == "delivered", outbox.c.next_attempt_at < cutoff)),
+            (messages_log, [messages_log.c.id], messages_log.c.created_at < cutoff),
         ]
         deleted: dict[str, int] = {}
-        for table, key, old in targets:
-            columns = list(key.clauses) if isinstance(key, Tuple) else [key]
+        for table, columns, old in targets:
+            key = tuple_(*columns) if len(columns) > 1 else columns[0]
             total = 0
             while True:
                 chunk = select(*columns).where(old).limit(batch)
