@@ -51,6 +51,7 @@ class ErrorEntryFile(_Strict):
     summary: NonEmpty
     steps: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
     aliases: tuple[NonEmpty, ...] = ()
+    phrases: tuple[NonEmpty, ...] = ()
     links: tuple[str, ...] = ()
 
 
@@ -247,6 +248,7 @@ def _parse_errors(doc: dict[str, Any], problems: list[Problem]) -> list[Article]
                 steps=tuple(Step(text=s) for s in e.steps),
                 links=e.links,
                 aliases=e.aliases,
+                phrases=e.phrases,
                 code=e.code,
                 name=e.name,
                 message=e.message,
