@@ -21,7 +21,10 @@ MAX_CODE_SCAN_CHARS = 20_000
 MAX_TEXT_CHARS = 2_000
 MAX_TOKENS = 80
 MAX_CODES = 10
-COMMON_POSTINGS = 12  # a word in more phrases than this only adds to phrases a rarer word found
+# A word in more than this share of the articles ("phone", "sign in") is common: where the message also has a
+# rarer word, a common word adds only to phrases a rarer word found and to phrases made of common words alone.
+COMMON_SHARE = 0.15
+COMMON_MIN_POSTINGS = 12  # ...and in more phrases than this: below it, walking its postings costs nothing
 MAX_CANDIDATES = 8  # text candidates kept per message: the ladder looks at the top three
 
 # Scores in [0, 1]. An exact code is certain; a bare suffix after "error"/"code" almost so; a number
@@ -32,16 +35,26 @@ SCORE_NAME = 0.95
 SCORE_BARE_NUMBER = 0.45
 SCORE_CORROBORATED_NUMBER = 0.9
 EXACT_TEXT = 0.9
+TEXT_UNDER_CODES = 0.89  # where the message has a code, text-only matches stay below the weakest code
 
 MIN_SCORE = 0.2  # below this a candidate is noise and is not reported at all
 CONFIDENT_AT = 0.78  # a text match must cover most of a phrase's weight to be answered outright
 CLARIFY_AT = 0.5  # below this nothing is worth offering
+# A text match short of CONFIDENT_AT is still the answer when nothing else comes near it.
+DOMINANT_AT = 0.7
+DOMINANT_MARGIN = 0.2
 CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
+FOREIGN_WORDS = 2  # unknown words that, with no Webex word, make "error 600" some other system's error
 OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
 FUZZY_TOKEN_CUTOFF = 80.0  # rapidfuzz ratio for typo correction: "blnk" -> "blank" is 88.9
 # Typo searches remembered per index. Words outside the vocabulary repeat across messages ("laptop", "monday",
 # the same typo); the bound keeps a stream of random words from growing it without limit.
 MAX_CORRECTIONS = 4096
+# A text score is COVER_SHARE of how much of the best phrase the message covers, ARTICLE_SHARE of how much of
+# the message the article's whole vocabulary explains, and the rest of how much the phrase alone explains.
+COVER_SHARE = 0.7
+ARTICLE_SHARE = 0.15
+UNKNOWN_WEIGHT = 1.0  # what a word the knowledge lacks weighs in the message's total: a common word's idf
 
 Outcome = Literal["fix", "clarify", "none"]
 Evidence = Literal["code", "name", "text", "number"]
@@ -89,10 +102,10 @@ class TriageResult(NamedTuple):
 
 # Every regex below is linear: bounded repeats, no nested quantifiers, so 50,000 digits and colons
 # cost a single pass.
-_FULL_CODE = re.compile(r"(?<![\d.])1000[ \t]{0,3}[:/\-–—][ \t]{0,3}(\d{1,4})(?![\d:])")
-_SPACED_CODE = re.compile(r"(?<![\d.:])1000 {1,2}(\d{1,4})(?![\d:])")
+_FULL_CODE = re.compile(r"(?<![\d.])1000[ \t]{0,3}([:;/\-–—.])[ \t]{0,3}(\d{1,4})(?![\d:])")
+_SPACED_CODE = re.compile(r"(?<![\d.:])1000 {1,2}()(\d{1,4})(?![\d:])")  # () keeps groups as in _FULL_CODE
 _KEYWORD_CODE = re.compile(
-    r"\b(?:error|err|code|errorcode|error code|error no|error number)[ \t]{0,3}[:#=]?[ \t]{0,3}\(?(\d{1,4})(?![\d:/\-])"
+    r"\b(?:error|err|code|errorcode|error code|error no|error number)[ \t]{0,3}[:#=]?[ \t]{0,3}(?:is |was )?\(?(\d{1,4})(?![\d:/\-])"
 )
 _CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err)\b")
 _BARE_NUMBER = re.compile(r"(?<![\d:/\-.])(\d{3,4})(?![\d:/\-.])")
@@ -177,6 +190,34 @@ _SYNONYM_TABLE: dict[str, tuple[str, ...]] = {
     "azuread": ("azure ad", "azuread", "entra", "entra id"),
     "wifi": ("wi fi",),
     "sixdigit": ("six digit", "6 digit"),
+    # "on" and "off" are stopwords, and "turn on SAML" must not read as "turn off SAML".
+    "enable": (
+        "turn on",
+        "turning on",
+        "turned on",
+        "switch on",
+        "switched on",
+        "activate",
+        "activating",
+        "enabling",
+    ),
+    "disable": (
+        "turn off",
+        "turning off",
+        "turned off",
+        "switch off",
+        "switched off",
+        "deactivate",
+        "disabling",
+    ),
+    "configuration": ("config", "configs"),
+    "cancel": ("cancelled", "canceled", "cancelling", "canceling", "cancels"),
+    "certificate": ("cert", "certs"),
+    "incorrect": ("wrong",),
+    "untrusted": ("not trusted", "isnt trusted", "not trust", "doesnt trust", "dont trust", "distrusted"),
+    "breakglass": ("break glass",),
+    # SSOWhoAmIFailure: "who am i" is all stopwords, so the phrase people use must become a word of its own.
+    "whoami": ("who am i", "who i am", "who im", "identify me", "who you are"),
 }
 _SYNONYMS: dict[tuple[str, ...], tuple[str, ...]] = {
     tuple(form.split()): tuple(canonical.split())
@@ -185,9 +226,14 @@ _SYNONYMS: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 _SYNONYM_STARTS = frozenset(key[0] for key in _SYNONYMS)
 _SYNONYM_MAX = max(map(len, _SYNONYMS))
+# Words that put a message in Webex's world whatever else it says (raw words, before synonyms).
+_WEBEX_WORDS = frozenset(
+    ["webex", "teams", "calling", "call", "calls", "phone", "phones", "jabber", "cisco", "sso"]
+)
+_HOST = re.compile(r"\b([a-z0-9]{1,30})\.([a-z0-9]{1,30})\.com\b")
 _HAS_DIGIT = re.compile(r"\d")
-_CODE_CHARS = re.compile(r"[\d:/\-–—]")
-_CODE_TAIL = re.compile(r"[\d\s:/\-–—]{1,40}$")
+_CODE_CHARS = re.compile(r"[\d:;/\-–—]")
+_CODE_TAIL = re.compile(r"[\d\s:;/\-–—]{1,40}$")
 
 
 def _apply_synonyms(words: list[str]) -> list[str]:
@@ -439,18 +485,30 @@ def _stem(token: str) -> str:
     if len(token) > 4 and token.endswith("s") and not token.endswith("ss"):
         token = token[:-1]
     if len(token) > 5 and token.endswith("ing"):
-        token = token[:-3]
+        token = _undouble(token[:-3])
     elif len(token) > 4 and token.endswith("ed"):
-        token = token[:-2]
+        token = _undouble(token[:-2])
     if len(token) > 4 and token.endswith("e"):
         token = token[:-1]
     return token
 
 
+def _undouble(stem: str) -> str:
+    # "stopped" -> "stop", "logged" -> "log"; not l, s or z, which English doubles in the word itself ("call", "pass").
+    if len(stem) > 2 and stem[-1] == stem[-2] and stem[-1] not in "aeioulsz":
+        return stem[:-1]
+    return stem
+
+
 def _words(norm: str) -> list[str]:
     """The words of normalised text; triage splits a message once and every step reads this list."""
     # "you're" -> "youre" keeps contractions one word, so the synonym table only needs "cant".
-    return _TOKEN.findall(norm[:MAX_TEXT_CHARS].replace("'", ""))
+    text = norm[:MAX_TEXT_CHARS].replace("'", "")
+    if ".com" in text:
+        # A host name is one word, and a telling one: "teams.webex.com" is the SP-initiated start page,
+        # "signin.webex.com" the sign-in page, where "teams", "webex" and "com" on their own say nothing.
+        text = _HOST.sub(r"\1\2", text)
+    return _TOKEN.findall(text)
 
 
 def content_tokens(text: str) -> list[str]:
@@ -497,21 +555,28 @@ class TriageIndex:
     phrases: list[_Phrase] = field(default_factory=list)
     postings: dict[str, list[int]] = field(default_factory=dict)  # token -> phrase indexes
     posting_sets: dict[str, frozenset[int]] = field(default_factory=dict)  # the same, for common tokens
+    plain_postings: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # common token -> its all-common phrases
     idf: dict[str, float] = field(default_factory=dict)
     vocab_by_len: dict[int, list[str]] = field(default_factory=dict)
     near_len: dict[int, list[str]] = field(default_factory=dict)  # filled lazily by near_length()
     corrections: dict[str, tuple[str, float] | None] = field(default_factory=dict)  # correct()'s memory
-    out_of_scope: list[str] = field(default_factory=list)  # " word word " forms, matched on whole words
-    marker_words: frozenset[str] = frozenset()  # the first word of every marker: a cheap pre-check
+    # Out-of-scope markers by their first word: each marker as its words, matched on whole words.
+    markers: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     order: dict[str, int] = field(default_factory=dict)  # catalogue order, the final tie-break
     cover_coef: list[float] = field(default_factory=list)
     explain_coef: list[float] = field(default_factory=list)
+    article_coef: list[float] = field(default_factory=list)
+    article_vocab: dict[str, frozenset[str]] = field(default_factory=dict)
     article_of: list[str] = field(default_factory=list)
     family: dict[str, str] = field(default_factory=dict)  # setup note id -> its guide id
+    message_words: dict[str, frozenset[str]] = field(default_factory=dict)  # an error's message, as words
     min_info: float = 1.0  # the idf mass a phrase needs before its full coverage counts as an answer
 
     @classmethod
-    def build(cls, kb: KnowledgeBase) -> TriageIndex:
+    def build(cls, kb: KnowledgeBase, common_share: float = COMMON_SHARE) -> TriageIndex:
+        """The index of a knowledge base; `common_share` above 1 makes no word common (the exhaustive search)."""
         index = cls(kb=kb)
         raw: list[tuple[str, str, list[str]]] = []
         for n, article in enumerate(kb.articles.values()):
@@ -527,6 +592,11 @@ class TriageIndex:
                 index.suffixes[article.code.split(":", 1)[1]] = article.id
             if article.name and len(split_name(article.name)) >= 2:
                 index.names[article.name.lower()] = article.id
+        index.message_words = {
+            a.id: frozenset(content_tokens(normalize(_message_text(a.message))))
+            for a in kb.articles.values()
+            if a.message
+        }
         if index.names:
             index.names_re = re.compile(_trie_pattern(index.names))
         # Document frequency counts articles, not phrases: a word in every error message says little.
@@ -538,7 +608,12 @@ class TriageIndex:
         index.idf = {tok: math.log(1.0 + n_articles / len(ids)) for tok, ids in df.items()}
         # About one rare word's worth: "blank screen" qualifies, "webex login" alone does not.
         index.min_info = 0.75 * math.log(1.0 + n_articles)
+        distinct: set[tuple[str, frozenset[str]]] = set()
         for article_id, norm, tokens in raw:
+            key = (article_id, frozenset(tokens))
+            if key in distinct:
+                continue  # the same words as another phrase of the article ("registration failed." as title)
+            distinct.add(key)
             weights = {tok: index.idf[tok] for tok in tokens}
             index.phrases.append(
                 _Phrase(article_id, norm, weights, sum(weights.values()), frozenset(weights))
@@ -549,21 +624,42 @@ class TriageIndex:
                 postings[tok].append(i)
         index.postings = dict(postings)
         index.posting_sets = {
-            tok: frozenset(ids) for tok, ids in postings.items() if len(ids) > COMMON_POSTINGS
+            tok: frozenset(ids)
+            for tok, ids in postings.items()
+            if len(df[tok]) > common_share * n_articles and len(ids) > COMMON_MIN_POSTINGS
         }
+        # Phrases made of common words alone ("can't sign in to phone services") are only reached through them.
+        plain: dict[str, list[int]] = defaultdict(list)
+        for i, phrase in enumerate(index.phrases):
+            if phrase.tokens.issubset(index.posting_sets):
+                for tok in phrase.tokens:
+                    plain[tok].append(i)
+        index.plain_postings = dict(plain)
         # Per-phrase constants of the score, so the hot loop is two multiplications and an add.
         # A phrase made of common words ("webex login") is a topic hint, not an answer by itself: info < 1.
         for phrase in index.phrases:
             info = min(1.0, phrase.total / index.min_info)
-            index.cover_coef.append(0.85 * info / phrase.total)
-            index.explain_coef.append(0.15 * info)
+            index.cover_coef.append(COVER_SHARE * info / phrase.total)
+            index.explain_coef.append((1.0 - COVER_SHARE - ARTICLE_SHARE) * info)
+            index.article_coef.append(ARTICLE_SHARE * info)
             index.article_of.append(phrase.article_id)
+        vocab: dict[str, set[str]] = defaultdict(set)
+        for phrase in index.phrases:
+            vocab[phrase.article_id].update(phrase.tokens)
+        index.article_vocab = {a: frozenset(v) for a, v in vocab.items()}
         by_len: dict[int, list[str]] = defaultdict(list)
         for tok in index.idf:
             by_len[len(tok)].append(tok)
         index.vocab_by_len = dict(by_len)
-        index.out_of_scope = [" " + " ".join(_TOKEN.findall(normalize(m))) + " " for m in kb.out_of_scope]
-        index.marker_words = frozenset(m.split()[0] for m in index.out_of_scope if m.strip())
+        for marker in kb.out_of_scope:
+            words = tuple(_TOKEN.findall(normalize(marker)))
+            if not words:
+                continue
+            # Each marker also in its plural: "licenses" and "webhooks" name the same thing as the marker.
+            for form in (words, (*words[:-1], words[-1] + "s")):
+                found = index.markers.setdefault(form[0], [])
+                if form not in found:
+                    found.append(form)
         return index
 
     def near_length(self, length: int) -> list[str]:
@@ -632,10 +728,16 @@ def _choices(article: Article) -> Iterable[str]:
     yield from article.aliases
     yield from article.phrases
     if article.message:
-        # The message without its "Error: 1000:N" tail is what people paraphrase.
-        yield _FULL_CODE.sub(" ", article.message).replace("Error:", " ").replace("Error", " ")
+        yield _message_text(article.message)
     if article.name:
         yield " ".join(split_name(article.name))
+    # A setup step's title is how admins ask about it ("test the SSO connection").
+    yield from (step.title for step in article.steps if step.title)
+
+
+def _message_text(message: str) -> str:
+    # The message without its "Error: 1000:N" tail is what people paste and paraphrase.
+    return _FULL_CODE.sub(" ", message).replace("Error:", " ").replace("Error", " ")
 
 
 # --- Triage ------------------------------------------------------------------------------------------
@@ -648,7 +750,7 @@ class _Candidate:
     evidence: Evidence = "text"
     text_score: float = 0.0
     explained: frozenset[str] = frozenset()
-    phrase_text: str = ""
+    covered: frozenset[str] = frozenset()  # the message's words that any phrase of the article has
     position: int = 1 << 30
     order: int = 0  # catalogue order, the last tie-break
 
@@ -672,10 +774,12 @@ def _find_codes(
     if has_digit and "1000" in text:
         for pattern in (_FULL_CODE, _SPACED_CODE):
             for m in pattern.finditer(text):
-                suffix = str(int(m.group(1)))
+                suffix = str(int(m.group(2)))
+                if m.group(1) == "." and len(m.group(2)) < 3:
+                    continue  # "1000.600" is a code typed with a dot; "1000.5" and "$1000.99" are amounts
                 if suffix in index.suffixes:
                     add(index.suffixes[suffix], SCORE_FULL_CODE, "code", m.start())
-                elif pattern is _FULL_CODE and f"1000:{suffix}" not in unknown:
+                elif pattern is _FULL_CODE and m.group(1) != "." and f"1000:{suffix}" not in unknown:
                     unknown.append(f"1000:{suffix}")
                 if len(found) >= MAX_CODES:
                     break
@@ -700,39 +804,49 @@ def _find_codes(
     return found, unknown[:MAX_CODES], hints[:MAX_CODES]
 
 
-def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
-    """Best phrase per article: the share of the phrase's weight the message covers, nudged by how much
-    of the message the phrase explains (so the phrase that explains "later" beats one that doesn't).
-    Sums run over the postings of the message's words only, so cost follows the hits, not the catalogue."""
+def _score_text(tokens: list[str], index: TriageIndex) -> tuple[dict[str, _Candidate], int]:
+    """Best phrase per article: the share of the phrase's weight the message covers, nudged by how much of
+    the message the phrase and the article as a whole explain (so "keep uninvited people out of my meeting"
+    goes to the article that knows all four words, not to the one whose short phrase has "meeting").
+    Sums run over the postings of the message's words only, so cost follows the hits, not the catalogue.
+    Also returns how many of the words the knowledge does not know, typos included."""
     idf, postings = index.idf, index.postings
-    seen: dict[str, float] = {}
+    weight: dict[str, float] = {}  # the message's known words: idf, times the similarity for a typo
+    unknown = 0
     for tok in tokens:
         if tok in idf:  # most words are known: skip the typo search
-            seen[tok] = 1.0
+            weight[tok] = idf[tok]
             continue
         hit = index.correct(tok)
-        if hit is not None and seen.get(hit[0], 0.0) < hit[1]:
-            seen[hit[0]] = hit[1]
-    if not seen:
-        return {}
-    # One sum serves both sides: the matched weight (typos count by their similarity) over the phrase's
-    # total is how much of the phrase the message covers; over the message's total, how much it explains.
+        if hit is None:
+            unknown += 1
+        elif weight.get(hit[0], 0.0) < idf[hit[0]] * hit[1]:
+            weight[hit[0]] = idf[hit[0]] * hit[1]
+    if not weight:
+        return {}, unknown
+    # One sum serves both sides: the matched weight over the phrase's total is how much of the phrase the
+    # message covers; over the message's total, how much it explains. Words the knowledge doesn't know count
+    # in that total: "book me a meeting room" is not explained by a phrase that only has "meeting".
+    inv_query = 1.0 / (sum(map(idf.__getitem__, weight)) + UNKNOWN_WEIGHT * unknown)
     matched: defaultdict[int, float] = defaultdict(float)
     posting_sets = index.posting_sets  # holds exactly the common words
-    common = [t for t in seen if t in posting_sets]
-    rare = [t for t in seen if t not in posting_sets]
+    common = [t for t in weight if t in posting_sets]
+    rare = [t for t in weight if t not in posting_sets]
     for tok in rare or common:
-        w = idf[tok] * seen[tok]
-        for i in postings.get(tok, ()):
+        w = weight[tok]
+        for i in postings[tok]:
             matched[i] += w
-    if rare:
-        # A phrase made only of common words has too little weight to be an answer (see min_info), so common
-        # words only add to phrases a rarer word already found: the cost follows the hits, not the catalogue.
+    if rare and common:
+        # Common words add to the phrases a rarer word found and to the phrases made of common words alone.
+        # What this skips, a phrase whose rare words the message lacks, covers too little to be the answer.
+        found = frozenset(matched)
+        plain = index.plain_postings
         for tok in common:
-            w = idf[tok] * seen[tok]
-            for i in posting_sets[tok].intersection(matched):
+            w = weight[tok]
+            for i in posting_sets[tok].intersection(found):
                 matched[i] += w
-    inv_query = 1.0 / sum(map(idf.__getitem__, seen))
+            for i in plain.get(tok, ()):
+                matched[i] += w
     cover_coef, explain_coef, article_of = index.cover_coef, index.explain_coef, index.article_of
     best: dict[str, float] = {}
     best_phrase: dict[str, int] = {}
@@ -742,26 +856,44 @@ def _score_text(tokens: list[str], index: TriageIndex) -> dict[str, _Candidate]:
         if score > best.get(article_id, -1.0):
             best[article_id] = score
             best_phrase[article_id] = i
-    # Only the leaders need their evidence spelt out; the tail is never compared. (A stable sort: ties keep
-    # the order in which the articles were found.)
+    # Only the leaders get the article-wide share and their evidence spelt out; the tail is never compared.
+    # (Stable sorts: ties keep the order in which the articles were found.)
     leaders = sorted(best, key=best.__getitem__, reverse=True)[:MAX_CANDIDATES]
+    vocab_of, article_coef = index.article_vocab, index.article_coef
+    covered: dict[str, frozenset[str]] = {}
+    for article_id in leaders:
+        covered[article_id] = words = vocab_of[article_id].intersection(weight)
+        best[article_id] += (
+            article_coef[best_phrase[article_id]] * inv_query * sum(map(weight.__getitem__, words))
+        )
+    leaders.sort(key=best.__getitem__, reverse=True)
+    phrases = index.phrases
     out: dict[str, _Candidate] = {}
     for article_id in leaders:
-        phrase = index.phrases[best_phrase[article_id]]
         score = best[article_id]
-        # Positional, in field order (id, score, evidence, text_score, explained, phrase_text): the hot call.
+        # Positional, in field order (id, score, evidence, text_score, explained, covered): the hot call.
         out[article_id] = _Candidate(
-            article_id, score, "text", score, phrase.tokens.intersection(seen), phrase.text
+            article_id,
+            score,
+            "text",
+            score,
+            phrases[best_phrase[article_id]].tokens.intersection(weight),
+            covered[article_id],
         )
-    return out
+    return out, unknown
 
 
 def _out_of_scope_markers(words: list[str], index: TriageIndex) -> tuple[str, ...]:
     # Unstemmed words on purpose: "recording" is out of scope, an "SRV record" is not.
-    if index.marker_words.isdisjoint(words):
+    markers = index.markers
+    if markers.keys().isdisjoint(words):
         return ()  # the common case: no marker's first word appears, so no marker can
-    joined = " " + " ".join(words) + " "
-    return tuple(m.strip() for m in index.out_of_scope if m in joined)
+    found: dict[str, None] = {}
+    for i, word in enumerate(words):
+        for form in markers.get(word, ()):
+            if len(form) == 1 or tuple(words[i : i + len(form)]) == form:
+                found[" ".join(form)] = None
+    return tuple(found)
 
 
 def _rank_key(c: _Candidate) -> tuple[float, int, int, int]:
@@ -774,8 +906,20 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
     norm = normalize(text)
     words = _words(norm)
     codes, unknown, hints = _find_codes(norm, words, index)
-    candidates = _score_text(_content_tokens(words), index)
+    candidates: dict[str, _Candidate] = {}
+    strangers = 0
+    if not any(score == SCORE_FULL_CODE for score, _, _ in codes.values()):
+        # (A written-out code is certain and ranks by where it stands: the wording can change neither the
+        # answer nor its order, so then the fuzzy match is not run at all.)
+        candidates, strangers = _score_text(_content_tokens(words), index)
     markers = _out_of_scope_markers(words, index)
+    if codes and (markers or (strangers >= FOREIGN_WORDS and _WEBEX_WORDS.isdisjoint(words))):
+        # "error 500 on the HR portal", "the copier says code 1001": a bare number after "error" is a Webex
+        # code unless the message is about something else, by a marker or by words the knowledge doesn't
+        # know and nothing Webex. Then it is a hint, as good as a code only if the wording agrees.
+        for article_id in [i for i, (score, _, _) in codes.items() if score == SCORE_KEYWORD_CODE]:
+            del codes[article_id]
+            hints.append(article_id)
 
     for article_id, (score, evidence, pos) in codes.items():
         cand = candidates.get(article_id) or _Candidate(id=article_id)
@@ -792,10 +936,24 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
         else:
             cand.score, cand.evidence = max(SCORE_BARE_NUMBER, cand.text_score), "number"
         candidates[article_id] = cand
-    if markers and not codes:
+    if codes:
+        # Any code outranks any wording: "err#602 failed to start new sso session" is 1000:602, although its
+        # text is 1000:500's message word for word.
         for cand in candidates.values():
-            # A verbatim Webex error text outweighs a mention of Slack; a short generic phrase does not.
-            if cand.text_score < EXACT_TEXT or len(cand.explained) < 4:
+            if cand.evidence in ("text", "number") and cand.score > TEXT_UNDER_CODES:
+                cand.score = TEXT_UNDER_CODES
+    elif markers:
+        message_words = index.message_words
+        for cand in candidates.values():
+            # A pasted Webex error text outweighs a mention of Slack; a phrase that merely shares words with the
+            # message ("set up SAML SSO in Okta" for Zoom) does not.
+            pasted = message_words.get(cand.id)
+            if (
+                cand.text_score < EXACT_TEXT
+                or pasted is None
+                or len(pasted) < 4
+                or not pasted <= cand.covered
+            ):
                 cand.score *= OUT_OF_SCOPE_DAMPING
 
     ranked = [c for c in candidates.values() if c.score > MIN_SCORE]
@@ -825,6 +983,9 @@ def _decide(
         return "fix"  # every code named in the message is answered, best first
     if top.score < CLARIFY_AT:
         return "none"
+    runner_up = ranked[1].score if len(ranked) > 1 else 0.0
+    if top.score >= DOMINANT_AT and runner_up <= top.score - DOMINANT_MARGIN:
+        return "fix"
     rivals = [c for c in ranked[1:] if c.score >= top.score - CLARIFY_BAND]
     if top.score >= CONFIDENT_AT and all(
         _dominates(top, r) or _same_evidence(top, r) or _same_family(top.id, r.id, index) for r in rivals
@@ -845,8 +1006,11 @@ def _same_family(a: str, b: str, index: TriageIndex) -> bool:
 
 
 def _dominates(a: _Candidate, b: _Candidate) -> bool:
-    """a explains strictly more of the message than b, and b explains nothing that a doesn't."""
-    return b.explained < a.explained and a.score > b.score
+    """a explains strictly more of the message than b, and b explains nothing that a doesn't.
+
+    By what the whole article knows, not only the best phrase: the pasted "Sign into your account..." that
+    eleven codes share is also 1000:601's message, so with "I hit cancel" 1000:601 explains all of it."""
+    return a.score > b.score and (b.explained < a.explained or b.covered < a.covered)
 
 
 def _shown(score: float) -> float:
@@ -856,7 +1020,11 @@ def _shown(score: float) -> float:
 def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple[Match, ...]:
     # Twins (same evidence) are grouped among the text matches worth showing at all.
     strong = [c for c in ranked if c.evidence == "text" and c.score >= CLARIFY_AT]
-    if len(strong) < 2:  # the common case: nothing to group
+    # Twins explain the same words, so only candidates in one group of equal `explained` sets can be twins.
+    twins: dict[frozenset[str], list[_Candidate]] = {}
+    for c in strong:
+        twins.setdefault(c.explained, []).append(c)
+    if len(twins) == len(strong):  # the common case: nothing to group
         # Scores are in [0, 1] up to float noise above 1; clamp only that side, inline (the hot path).
         return tuple(
             [Match(c.id, round(c.score if c.score < 1.0 else 1.0, 4), c.evidence) for c in ranked[:limit]]
@@ -867,9 +1035,10 @@ def _to_matches(ranked: list[_Candidate], outcome: Outcome, limit: int) -> tuple
         if cand.id in consumed:
             continue
         related: tuple[str, ...] = ()
-        if cand in strong:
+        group = twins.get(cand.explained, ()) if cand.evidence == "text" else ()
+        if len(group) > 1 and cand in group:
             related = tuple(
-                r.id for r in strong if r is not cand and r.id not in consumed and _same_evidence(cand, r)
+                r.id for r in group if r is not cand and r.id not in consumed and _same_evidence(cand, r)
             )
         if outcome != "none":
             consumed.update(related)

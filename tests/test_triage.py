@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.knowledge import KnowledgeBase
-from bot.triage import MAX_CORRECTIONS, TriageIndex, normalize, split_name, triage
+from bot.triage import CONFIDENT_AT, MAX_CORRECTIONS, TriageIndex, normalize, split_name, triage
 
 DATA = Path(__file__).parent / "data"
 
@@ -195,7 +195,12 @@ def _load(name: str) -> list[dict[str, object]]:
         # The public labelled set: the product's quality bar.
         ("triage_public.jsonl", 0.95, 0.05),
         # An independent set written from the seed by someone who never saw the code or the public set.
-        ("triage_holdout.jsonl", 0.85, 0.05),
+        ("triage_holdout.jsonl", 0.9, 0.05),
+        # Four more such sets (tests/data/README.md): a-c were looked at while tuning, d only once, after it.
+        ("triage_dev_a.jsonl", 0.9, 0.05),
+        ("triage_dev_b.jsonl", 0.9, 0.05),
+        ("triage_dev_c.jsonl", 0.9, 0.05),
+        ("triage_sealed_d.jsonl", 0.9, 0.05),
     ],
 )
 def test_quality_bar(
@@ -215,6 +220,107 @@ def test_quality_bar(
     oos = false_confident / len(out_scope)
     assert top1 >= min_top1, f"{name}: in-scope top-1 {top1:.3f} < {min_top1}"
     assert oos <= max_oos_confident, f"{name}: confident on {oos:.3f} of out-of-scope lines"
+
+
+def test_pruned_search_gives_the_exhaustive_answers(kb: KnowledgeBase, index: TriageIndex) -> None:
+    # Common words only add to phrases a rarer word found (or made of common words alone): that must change
+    # no outcome and no best answer against scoring every phrase the message touches.
+    exhaustive = TriageIndex.build(kb, common_share=2.0)
+    assert index.posting_sets and not exhaustive.posting_sets
+    texts = [str(r["text"]) for name in sorted(DATA.glob("triage_*.jsonl")) for r in _load(name.name)]
+    assert len(texts) > 1000
+    for text in texts:
+        pruned, full = triage(text, index), triage(text, exhaustive)
+        assert (pruned.outcome, pruned.matches[:1]) == (full.outcome, full.matches[:1]), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "error 500 on the HR portal",
+        "the ERP throws error 600 when posting invoices",
+        "copier says code 1001 paper jam",
+        "badge reader by the lift shows error code 1005",
+    ],
+)
+def test_a_bare_number_on_another_system_is_no_code(text: str, index: TriageIndex) -> None:
+    result = triage(text, index)
+    assert not result.confident and result.codes == (), result
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("error 500 in webex calling", "1000:500"),  # a Webex word: the same number is a code
+        ("my account is still being set up i think? webex phone gives error 701", "1000:701"),
+        ("code 605", "1000:605"),
+        ("the SSO page never loads, code is 400", "1000:400"),
+        ("err 1000;7 pls help", "1000:7"),  # a semicolon typed for the colon
+        ("sso page wont load, error 1000.600", "1000:600"),
+    ],
+)
+def test_bare_numbers_and_odd_separators_in_webex_context(text: str, code: str, index: TriageIndex) -> None:
+    result = triage(text, index)
+    assert result.confident and result.matches[0].id == code, result
+
+
+def test_a_dot_after_1000_is_an_amount_unless_a_code_follows(index: TriageIndex) -> None:
+    for text in ["the invoice was $1000.99", "version 1000.5 is out"]:
+        result = triage(text, index)
+        assert result.codes == () and result.unknown_codes == (), (text, result)
+
+
+def test_any_code_outranks_a_verbatim_text(index: TriageIndex) -> None:
+    # 1000:500 and 1000:602 share their message; the number says which one it is.
+    result = triage("err#602 failed to start new sso session", index)
+    assert result.confident and result.matches[0].id == "1000:602"
+    assert all(m.score < result.matches[0].score for m in result.matches[1:])
+
+
+def test_a_written_out_code_is_answered_without_the_fuzzy_match(index: TriageIndex) -> None:
+    result = triage("Error: 1000:1005 and my screen is blank when signing in", index)
+    assert [m.id for m in result.matches] == ["1000:1005"] and result.codes == ("1000:1005",)
+
+
+def test_turning_saml_on_and_off_are_different_questions(index: TriageIndex) -> None:
+    on = triage("what happens to users when we turn on saml for webex", index)
+    off = triage("how do we turn off saml for webex", index)
+    assert on.matches[0].id == "saml-before-enable", on
+    assert off.matches[0].id == "saml-backup-url", off
+
+
+def test_the_article_that_knows_every_word_wins_over_a_short_phrase(index: TriageIndex) -> None:
+    # "Sign into Webex Meetings" (cant-sign-in) shares only "meetings" with this message.
+    result = triage("as a host how do i keep uninvited people out of my webex meetings", index)
+    assert [m.id for m in result.matches[:2]] == ["secure-meetings", "cant-sign-in"], result
+
+
+def test_a_specific_code_dominates_the_message_it_shares(index: TriageIndex) -> None:
+    # Eleven codes share "Sign into your account to use your phone services"; cancelling the SSO window is 601.
+    text = "I hit cancel on the SSO popup and now it says Sign into your account to use your phone services"
+    result = triage(text, index)
+    assert result.confident and result.matches[0].id == "1000:601", result
+
+
+def test_host_names_are_telling_words(index: TriageIndex) -> None:
+    result = triage("after okta is set up do users just go to teams.webex.com and enter their email?", index)
+    assert result.confident and result.matches[0].id == "sp-initiated-sso", result
+
+
+def test_plural_markers_and_unknown_words_keep_near_misses_unsure(index: TriageIndex) -> None:
+    for text in [
+        "how many webex licenses are left",  # marker "license" in the plural
+        "can you book me a meeting room",
+        "forgot my SAP password",
+        "how do webhooks authenticate",
+    ]:
+        assert not triage(text, index).confident, text
+
+
+def test_a_clear_winner_below_the_confident_bar_is_answered(index: TriageIndex) -> None:
+    result = triage("can we use azure ad as the identity provider for webex", index)
+    assert result.confident and result.matches[0].id == "azure-ad-sso", result
+    assert result.matches[0].score < CONFIDENT_AT  # answered for its lead, not its score
 
 
 def test_typo_memory_is_bounded_and_changes_no_answer(kb: KnowledgeBase) -> None:
