@@ -27,7 +27,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.knowledge import Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
+from bot.knowledge import KNOWLEDGE_FILES, Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
 from bot.triage import TriageIndex, triage  # noqa: E402
 
 SETS = ("triage_public.jsonl", "triage_holdout.jsonl")
@@ -113,10 +113,25 @@ def module_at(revision: str) -> ModuleType:
     return module
 
 
-def compare(revision: str, base: KnowledgeBase, texts: list[str], rounds: int) -> None:
-    """Interleaved passes of both versions on the real catalogue; the ratio is taken within each round."""
+def knowledge_at(revision: str) -> KnowledgeBase:
+    """knowledge/ as it was at a git revision."""
+    folder = Path(tempfile.mkdtemp(prefix="knowledge-ab-"))
+    for name in KNOWLEDGE_FILES:
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:knowledge/{name}"], cwd=ROOT, capture_output=True, text=True
+        )
+        if shown.returncode == 0:
+            (folder / name).write_text(shown.stdout)
+    return load_knowledge(folder)
+
+
+def compare(
+    revision: str, base: KnowledgeBase, texts: list[str], rounds: int, old_base: KnowledgeBase | None = None
+) -> None:
+    """Interleaved passes of both versions on the real catalogue; the ratio is taken within each round.
+    With `old_base`, the revision's side runs on its own knowledge files too (a release against a release)."""
     old = module_at(revision)
-    new_index, old_index = TriageIndex.build(base), old.TriageIndex.build(base)
+    new_index, old_index = TriageIndex.build(base), old.TriageIndex.build(old_base or base)
     differ = sum(triage(t, new_index).to_json() != old.triage(t, old_index).to_json() for t in texts)
     one_pass_us(new_index, texts), one_pass_us(old_index, texts, old.triage)  # warm both alike
     ratios, news, olds = [], [], []
@@ -126,7 +141,10 @@ def compare(revision: str, base: KnowledgeBase, texts: list[str], rounds: int) -
         olds.append(o)
         news.append(n)
         ratios.append(n / o)
-    print(f"{len(texts)} messages, real catalogue, {rounds} rounds (best of 3 passes each), medians:")
+    knowledge = f"{revision}'s knowledge on its side" if old_base else "the working tree's knowledge on both"
+    print(
+        f"{len(texts)} messages, real catalogue ({knowledge}), {rounds} rounds (best of 3 passes each), medians:"
+    )
     print(
         f"  {revision}: {statistics.median(olds):.1f} us/msg   working tree: {statistics.median(news):.1f} us/msg"
     )
@@ -143,6 +161,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--compare", metavar="REV", help="also A/B the real catalogue against REV's triage")
     parser.add_argument(
+        "--compare-knowledge",
+        action="store_true",
+        help="with --compare: REV's side uses REV's knowledge/ too",
+    )
+    parser.add_argument(
         "--plot",
         type=Path,
         nargs="?",
@@ -154,7 +177,13 @@ def main() -> None:
     base = load_knowledge(ROOT / "knowledge")
     texts = messages()
     if args.compare:
-        compare(args.compare, base, texts, args.repeat)
+        compare(
+            args.compare,
+            base,
+            texts,
+            args.repeat,
+            knowledge_at(args.compare) if args.compare_knowledge else None,
+        )
     rows = []
     start = time.perf_counter()
     index = TriageIndex.build(base)
