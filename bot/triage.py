@@ -908,9 +908,9 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
     codes, unknown, hints = _find_codes(norm, words, index)
     candidates: dict[str, _Candidate] = {}
     strangers = 0
+    # A written-out code is certain and ranks by where it stands: the wording could change neither the answer
+    # nor its order, so then the fuzzy match is not run at all.
     if not any(score == SCORE_FULL_CODE for score, _, _ in codes.values()):
-        # (A written-out code is certain and ranks by where it stands: the wording can change neither the
-        # answer nor its order, so then the fuzzy match is not run at all.)
         candidates, strangers = _score_text(_content_tokens(words), index)
     markers = _out_of_scope_markers(words, index)
     if codes and (markers or (strangers >= FOREIGN_WORDS and _WEBEX_WORDS.isdisjoint(words))):
