@@ -538,7 +538,6 @@ def split_name(name: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class _Phrase:
     article_id: str
-    text: str  # the normalised source text: identical texts in two articles make them indistinguishable
     weights: dict[str, float]  # token -> idf weight
     total: float
     tokens: frozenset[str]  # the keys of weights, for one C-level intersection with the message's words
@@ -578,14 +577,13 @@ class TriageIndex:
     def build(cls, kb: KnowledgeBase, common_share: float = COMMON_SHARE) -> TriageIndex:
         """The index of a knowledge base; `common_share` above 1 makes no word common (the exhaustive search)."""
         index = cls(kb=kb)
-        raw: list[tuple[str, str, list[str]]] = []
+        raw: list[tuple[str, list[str]]] = []
         for n, article in enumerate(kb.articles.values()):
             index.order[article.id] = n
             for text in _choices(article):
-                norm = normalize(text)
-                tokens = list(dict.fromkeys(content_tokens(norm)))
+                tokens = list(dict.fromkeys(content_tokens(normalize(text))))
                 if tokens:
-                    raw.append((article.id, norm.strip(), tokens))
+                    raw.append((article.id, tokens))
             for note in article.notes:
                 index.family[note] = article.id
             if article.code:
@@ -601,7 +599,7 @@ class TriageIndex:
             index.names_re = re.compile(_trie_pattern(index.names))
         # Document frequency counts articles, not phrases: a word in every error message says little.
         df: dict[str, set[str]] = defaultdict(set)
-        for article_id, _, tokens in raw:
+        for article_id, tokens in raw:
             for tok in tokens:
                 df[tok].add(article_id)
         n_articles = max(1, len(kb.articles))
@@ -609,15 +607,13 @@ class TriageIndex:
         # About one rare word's worth: "blank screen" qualifies, "webex login" alone does not.
         index.min_info = 0.75 * math.log(1.0 + n_articles)
         distinct: set[tuple[str, frozenset[str]]] = set()
-        for article_id, norm, tokens in raw:
+        for article_id, tokens in raw:
             key = (article_id, frozenset(tokens))
             if key in distinct:
                 continue  # the same words as another phrase of the article ("registration failed." as title)
             distinct.add(key)
             weights = {tok: index.idf[tok] for tok in tokens}
-            index.phrases.append(
-                _Phrase(article_id, norm, weights, sum(weights.values()), frozenset(weights))
-            )
+            index.phrases.append(_Phrase(article_id, weights, sum(weights.values()), frozenset(weights)))
         postings: dict[str, list[int]] = defaultdict(list)
         for i, phrase in enumerate(index.phrases):
             for tok in phrase.weights:
