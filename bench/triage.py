@@ -2,7 +2,8 @@
 
 Run: python bench/triage.py [--sizes 40,1000,10000] [--repeat 5]
      python bench/triage.py --sizes 1000,10000,100000 --plot      # also draws bench/triage_scaling.png
-     python bench/triage.py --sizes '' --compare 35594fc          # A/B against bot/triage.py at a git revision
+     python bench/triage.py --sizes '' --compare 35594fc          # A/B against the triage at a git revision
+     python bench/triage.py --sizes '' --compare HEAD --all-sets  # ... on every labelled set
 The first row is always the real catalogue; a size at or below it adds nothing, so 40 means "the real one".
 --plot needs matplotlib (the `bench` extra: pip install -e '.[bench]').
 """
@@ -14,6 +15,7 @@ import importlib.util
 import itertools
 import json
 import random
+import re
 import statistics
 import string
 import subprocess
@@ -99,18 +101,19 @@ def per_message_us(index: TriageIndex, texts: list[str], repeat: int) -> tuple[f
 
 
 def module_at(revision: str) -> ModuleType:
-    """bot/triage.py as it was at a git revision, imported beside the current one."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:bot/triage.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    path = Path(tempfile.mkdtemp(prefix="triage-ab-")) / f"triage_{revision}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    """The triage of a git revision (bot/triage.py or the bot/triage/ package), imported beside the current one.
+
+    The revision's whole bot/ is unpacked as a package of its own name, its imports of `bot` pointed at it."""
+    name = "bot_" + "".join(c if c.isalnum() else "_" for c in revision)
+    folder = Path(tempfile.mkdtemp(prefix="triage-ab-"))
+    archive = subprocess.run(["git", "archive", revision, "bot"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    (folder / "bot").rename(folder / name)
+    for source in (folder / name).rglob("*.py"):
+        text = source.read_text()
+        source.write_text(re.sub(r"\b(from|import) bot\b", rf"\1 {name}", text))
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{name}.triage")
 
 
 def knowledge_at(revision: str) -> KnowledgeBase:
@@ -159,6 +162,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="synthetic catalogue sizes (articles)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--all-sets",
+        action="store_true",
+        help="every tests/data/triage_*.jsonl instead of the public and holdout sets",
+    )
     parser.add_argument("--compare", metavar="REV", help="also A/B the real catalogue against REV's triage")
     parser.add_argument(
         "--compare-knowledge",
@@ -175,7 +183,12 @@ def main() -> None:
     args = parser.parse_args()
 
     base = load_knowledge(ROOT / "knowledge")
-    texts = messages()
+    sets = (
+        tuple(sorted(p.name for p in (ROOT / "tests" / "data").glob("triage_*.jsonl")))
+        if args.all_sets
+        else SETS
+    )
+    texts = messages(sets)
     if args.compare:
         compare(
             args.compare,
@@ -216,7 +229,7 @@ def main() -> None:
                 "best_us": round(best, 1),
             }
         )
-    print(f"{len(texts)} messages (public + holdout sets), Python {sys.version.split()[0]}")
+    print(f"{len(texts)} messages ({', '.join(sets)}), Python {sys.version.split()[0]}")
     print(
         f"public set alone ({len(public)} messages), real catalogue: median {statistics.median(public_runs):.1f} "
         f"us/msg, best {min(public_runs):.1f}"

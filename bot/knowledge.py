@@ -30,7 +30,12 @@ ARTICLES_FILE = "articles.toml"
 SETUP_FILE = "setup.toml"
 LINKS_FILE = "links.toml"
 SCOPE_FILE = "scope.toml"
-KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FILE)
+WORDS_FILE = "words.toml"
+KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FILE, WORDS_FILE)
+# A word as triage sees it after normalisation: lower case letters and digits. A form is words with single spaces.
+_WORD = r"[a-z0-9]+"
+Word = Annotated[str, Field(pattern=rf"^{_WORD}$", max_length=64)]
+WordForm = Annotated[str, Field(pattern=rf"^{_WORD}( {_WORD})*$", max_length=200)]
 
 
 class _Strict(BaseModel):
@@ -97,6 +102,25 @@ class ScopeFile(_Strict):
     out_of_scope: tuple[NonEmpty, ...] = ()
 
 
+class WordLists(_Strict):
+    """Triage's word lists (words.toml): the file's shape is also what the bot reads."""
+
+    webex_words: tuple[Word, ...] = ()
+    stopwords: tuple[Word, ...] = ()
+    synonyms: dict[WordForm, tuple[WordForm, ...]] = Field(default_factory=dict)
+
+    @field_validator("synonyms")
+    @classmethod
+    def _one_meaning_per_form(cls, table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        # A form listed under two words would silently mean whichever the table happened to list last.
+        owner: dict[str, str] = {}
+        for canonical, forms in table.items():
+            for form in forms:
+                if owner.setdefault(form, canonical) != canonical:
+                    raise ValueError(f"{form!r} is listed under both {owner[form]!r} and {canonical!r}")
+        return table
+
+
 # --- What the rest of the bot sees ---------------------------------------------------------------
 
 
@@ -152,6 +176,7 @@ class KnowledgeBase(BaseModel):
     articles: dict[str, Article]
     links: dict[str, Link]
     out_of_scope: tuple[str, ...] = ()
+    words: WordLists = WordLists()
     source: str = ""
 
     def article(self, article_id: str) -> Article | None:
@@ -368,12 +393,18 @@ def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | No
         scope = ScopeFile.model_validate(scope_doc or {})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, SCOPE_FILE, ""))
+    word_lists = WordLists()
+    try:
+        word_lists = WordLists.model_validate(docs[WORDS_FILE] or {})
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, WORDS_FILE, ""))
     if problems:
         raise KnowledgeError(problems)
     return KnowledgeBase(
         articles={a.id: a for a in articles},
         links=links,
         out_of_scope=scope.out_of_scope,
+        words=word_lists,
         source=str(root),
     )
 

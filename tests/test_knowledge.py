@@ -140,3 +140,34 @@ def test_diff_reports_added_removed_changed(tmp_path: Path, kb: KnowledgeBase) -
     diff = diff_knowledge(kb, changed)
     assert diff.changed == ("okta-saml-setup",) and not diff.added and not diff.removed
     assert diff_knowledge(kb, kb).empty
+
+
+def test_word_lists_are_knowledge_checked_like_the_other_files(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    words = folder / "words.toml"
+    text = words.read_text()
+    # A form listed under two words, and a stop word that normalisation could never produce.
+    text = text.replace('incorrect = ["wrong"]', 'incorrect = ["wrong", "cert"]')
+    text = text.replace('"a", "an",', '"A-1", "an",')
+    words.write_text(text)
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    found = {(p.file, p.field.split(".")[0]) for p in info.value.problems}
+    assert ("words.toml", "synonyms") in found and ("words.toml", "stopwords") in found
+    assert any("'cert' is listed under both" in p.message for p in info.value.problems)
+
+
+def test_a_missing_word_list_is_named(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    (folder / "words.toml").unlink()
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    assert [(p.file, p.message) for p in info.value.problems] == [("words.toml", "file is missing")]
+
+
+def test_the_word_lists_reach_triage(kb: KnowledgeBase) -> None:
+    from bot.triage import Lexicon
+
+    lexicon = Lexicon.from_words(kb.words)
+    assert "webex" in lexicon.webex_words and "the" in lexicon.stopwords
+    assert lexicon.content_tokens("i cant log in".split()) == ["cannot", "signin"]
