@@ -18,9 +18,10 @@ from bot.config import Settings
 from bot.context import BotContext, Knowledge
 from bot.handlers import PermanentFailure, handle_event, tell_failure
 from bot.inbox import InboxWriter
-from bot.keys import CONTEXT, INBOX, SESSION, WORKER
+from bot.keys import CONTEXT, INBOX, LOCAL, WORKER
 from bot.knowledge import load_knowledge
-from bot.local import LOCAL_HELPDESK_ROOM, LocalWebex
+from bot.local.routes import add_local_routes
+from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
 from bot.outbox import OutboxDeliverer
 from bot.registration import watch_webhooks
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 WEBHOOK_CHECK_SECONDS = 300.0
-LOCAL = web.AppKey("local", LocalWebex)
 
 
 def create_app(
@@ -54,8 +54,6 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     if settings.local_mode:
-        from bot.localroutes import add_local_routes
-
         add_local_routes(app)
     return app
 
@@ -98,7 +96,7 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
                 **worker_options,
             },
         )
-        app[CONTEXT], app[WORKER], app[SESSION] = ctx, worker, session
+        app[CONTEXT], app[WORKER] = ctx, worker
         app[INBOX] = InboxWriter(store)
         worker.start()
         outbox: OutboxDeliverer | None = None
@@ -237,4 +235,4 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-__all__ = ["CONTEXT", "LOCAL", "SESSION", "WORKER", "InboxEvent", "create_app"]
+__all__ = ["InboxEvent", "create_app"]

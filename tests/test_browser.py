@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bot.knowledge import KnowledgeBase
-from bot.renderer import Renderer
+from bot.local.renderer import Renderer
 from tests.conftest import KNOWLEDGE_DIR, ROOT
 
 try:

@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.app import LOCAL, create_app
+from bot.app import create_app
 from bot.config import Settings
-from bot.keys import CONTEXT
+from bot.keys import CONTEXT, LOCAL, RENDERER
 from bot.knowledge import KnowledgeBase
-from bot.local import AGENT_EMAIL, LOCAL_HELPDESK_ROOM, person_id
-from bot.renderer import PACKAGES, RENDERER, VENDOR_FILES, Renderer
+from bot.local.renderer import PACKAGES, VENDOR_FILES, Renderer
+from bot.local.transport import AGENT_EMAIL, LOCAL_HELPDESK_ROOM, person_id
 from tests.conftest import KNOWLEDGE_DIR
 from tests.harness import FAST_WORKER, wait_for
 

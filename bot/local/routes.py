@@ -13,15 +13,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot import cards
-from bot.app import LOCAL
-from bot.keys import CONTEXT, INBOX, WORKER
-from bot.local import AGENT_EMAIL, EMPLOYEE_EMAIL, LOCAL_HELPDESK_ROOM, LocalWebex
-from bot.renderer import RENDERER, Renderer, add_renderer_routes, default_cache_dir
+from bot.keys import CONTEXT, INBOX, LOCAL, RENDERER, WORKER
+from bot.local.renderer import Renderer, default_cache_dir
+from bot.local.transport import AGENT_EMAIL, EMPLOYEE_EMAIL, LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-PLAYGROUND_DIR = Path(__file__).resolve().parent / "playground"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_WAIT_SECONDS = 25.0  # a long poll answers before common proxy and browser timeouts
 # Cards carry knowledge text; markdown-it escapes HTML, and this keeps anything else from running.
 PAGE_HEADERS = {
@@ -61,14 +60,15 @@ def add_local_routes(app: web.Application, *, renderer: Renderer | None = None) 
     """Everything local mode serves. Replace app[RENDERER] before startup to change the cache or npm."""
     app[RENDERER] = renderer or Renderer()
     app.router.add_get("/", page)
-    app.router.add_static("/playground/", PLAYGROUND_DIR, follow_symlinks=False)
+    app.router.add_static("/playground/", STATIC_DIR, follow_symlinks=False)
     app.router.add_get("/local/config", get_config)
     app.router.add_post("/local/messages", post_message)
     app.router.add_post("/local/actions", post_action)
     app.router.add_get("/local/messages", list_messages)
     app.router.add_get("/local/articles", list_articles)
     app.router.add_get("/local/articles/{article_id}/card", article_card)
-    add_renderer_routes(app)
+    app.router.add_get("/local/renderer", renderer_status)
+    app.router.add_get("/vendor/{name}", vendor_file)
     app.cleanup_ctx.append(_renderer_lifetime)
     app.on_shutdown.append(_release_long_polls)
 
@@ -105,7 +105,7 @@ def _bad_request(exc: ValidationError) -> web.Response:
 
 
 async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(PLAYGROUND_DIR / "index.html", headers=PAGE_HEADERS)
+    return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -206,3 +206,14 @@ async def article_card(request: web.Request) -> web.Response:
         return web.json_response({"error": "no such article"}, status=404)
     message = cards.article_card(article, kb, thread_id="preview")
     return web.json_response({"id": article.id, "markdown": message.markdown, "card": message.card})
+
+
+async def renderer_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RENDERER].describe())
+
+
+async def vendor_file(request: web.Request) -> web.StreamResponse:
+    path = request.app[RENDERER].vendor_path(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="the card renderer is not available: see GET /local/renderer")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})

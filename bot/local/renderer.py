@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import web
-
 log = logging.getLogger(__name__)
 
 # Pinned majors. adaptivecards 3 ships a UMD bundle (dist/adaptivecards.min.js, with its carousel dependency
@@ -233,23 +231,3 @@ class Renderer:
         log.warning("Adaptive Cards renderer %s: %s", status, detail)
         if status == "failed":
             log.warning("run it by hand to see why: %s", self.shell_command())
-
-
-RENDERER = web.AppKey("renderer", Renderer)
-
-
-def add_renderer_routes(app: web.Application) -> None:
-    """GET /local/renderer (status) and /vendor/{name} (the renderer's files); app[RENDERER] holds the state."""
-    app.router.add_get("/local/renderer", renderer_status)
-    app.router.add_get("/vendor/{name}", vendor_file)
-
-
-async def renderer_status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RENDERER].describe())
-
-
-async def vendor_file(request: web.Request) -> web.StreamResponse:
-    path = request.app[RENDERER].vendor_path(request.match_info["name"])
-    if path is None:
-        raise web.HTTPNotFound(text="the card renderer is not available: see GET /local/renderer")
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
