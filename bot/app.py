@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.config import Settings
 from bot.context import BotContext, Knowledge
-from bot.handlers import PermanentFailure, handle_event, tell_failure
+from bot.handlers import handle_event, tell_failure
 from bot.inbox import InboxWriter
 from bot.keys import CONTEXT, INBOX, LOCAL, WORKER
 from bot.knowledge import load_knowledge
@@ -194,7 +194,7 @@ async def _purge_periodically(store: Store, keep: timedelta, interval: float) ->
 
 def _is_permanent(exc: BaseException) -> bool:
     # A deleted message or a refused request will not change on retry.
-    return isinstance(exc, PermanentFailure | WebexNotFound) or (
+    return isinstance(exc, WebexNotFound) or (
         isinstance(exc, WebexError)
         and exc.status is not None
         and 400 <= exc.status < 500

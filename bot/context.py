@@ -117,6 +117,42 @@ class BotContext:
         return self.me
 
 
+@dataclass(slots=True)
+class Effects:
+    """What an event already did (notices posted, a ticket changed), read from the store once per attempt:
+    a retry after a crash skips those steps and resumes with the ones it missed."""
+
+    store: Store
+    event_id: str
+    _known: dict[str, str] | None = None
+
+    async def known(self) -> dict[str, str]:
+        if self._known is None:
+            self._known = await self.store.effects(self.event_id)
+        return self._known
+
+    async def record(self, step: str, value: str) -> None:
+        await self.store.record_effect(self.event_id, step, value)
+        (await self.known())[step] = value
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """One card submit being handled: who pressed what on which card, and where the answer goes."""
+
+    ctx: BotContext
+    event: InboxEvent
+    effects: Effects
+    action: AttachmentAction
+    # The card's thread in a group space (answers go there), None in a direct space.
+    parent: str | None
+
+    async def reply(self, message: OutgoingMessage, *, kind: str, parent: str | None = None) -> None:
+        """The event's own answer, in the card's thread (or under `parent`)."""
+        where = self.parent if parent is None else parent
+        await post_reply(self.ctx, self.event, self.action.room_id, where, message, kind=kind)
+
+
 async def _send(
     ctx: BotContext, room_id: str, parent_id: str | None, reply: OutgoingMessage, kind: str
 ) -> Message:
@@ -193,19 +229,20 @@ async def post_reply(
 
 async def post_once(
     ctx: BotContext,
+    effects: Effects,
     room_id: str,
     parent_id: str | None,
     reply: OutgoingMessage,
     *,
     kind: str,
-    event: InboxEvent,
     step: str,
-) -> Message | None:
+) -> str:
     """Post a message that is not the event's own reply (a notice to the other side of a ticket), once per
-    event and step: a retried event skips what it already posted. None when it was posted before."""
-    if step in await ctx.store.effects(event.event_id):
-        log.info("event %s: %s was already posted", event.event_id, step)
-        return None
+    event and step: a retried event skips what it already posted. The message's id, new or from before."""
+    before = (await effects.known()).get(step)
+    if before is not None:
+        log.info("event %s: %s was already posted", effects.event_id, step)
+        return before
     posted = await _send(ctx, room_id, parent_id, reply, kind)
-    await _keep(ctx, lambda: ctx.store.record_effect(event.event_id, step, posted.id), step)
-    return posted
+    await _keep(ctx, lambda: effects.record(step, posted.id), step)
+    return posted.id

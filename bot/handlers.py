@@ -4,43 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot import cards, tickets
 from bot.cards import (
-    AnswerInfoData,
-    AskInfoData,
-    CancelTicketData,
-    ClaimData,
     EscalateData,
     FeedbackData,
-    FileTicketData,
     OutgoingMessage,
-    ResolveData,
     SetupPageData,
     ShowData,
-    TicketFixedData,
 )
-from bot.context import BotContext, Knowledge, WebexAPI, post_reply
+from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_reply
+from bot.dispatch import Router
 from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
-from bot.routing import reply_parent, route, strip_mention
+from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
 from bot.triage import TriageResult, triage
 from bot.webex import WebexNotFound
 
-__all__ = ["BotContext", "Knowledge", "PermanentFailure", "WebexAPI", "handle_event", "tell_failure"]
+__all__ = ["BotContext", "Knowledge", "WebexAPI", "handle_event", "tell_failure"]
 
 log = logging.getLogger(__name__)
 
 SETUP_PAGE_SIZE = 4
 MAX_STORED_TEXT = 2000
 
-
-class PermanentFailure(Exception):
-    """Retrying cannot help (e.g. the message was deleted): the event is closed, not retried."""
+# Card submits by their type: the ticket verbs come from tickets.py, the rest are registered below.
+submits: Router[type, tickets.SubmitHandler] = Router(tickets.submits)
 
 
 async def handle_event(event: InboxEvent, ctx: BotContext) -> None:
@@ -50,7 +44,7 @@ async def handle_event(event: InboxEvent, ctx: BotContext) -> None:
         await on_message_created(envelope, event, ctx)
     elif envelope.resource == "attachmentActions":
         await on_attachment_action_created(envelope, event, ctx)
-    else:  # the webhook view only persists the two resources above
+    else:  # the inbound paths only persist the two resources above
         log.warning("event %s: unexpected resource %r, dropped", event.event_id, envelope.resource)
 
 
@@ -114,39 +108,93 @@ class Reply:
     triage: TriageResult | None = None
 
 
+Command = Callable[[Route, Message, BotContext], Awaitable[Reply]]
+# What each kind of message gets; everything that is not a command is triaged.
+commands: Router[RouteKind, Command] = Router()
+
+
 async def answer(text: str, message: Message, ctx: BotContext) -> Reply:
     """Route one message to its reply."""
-    kb, index = ctx.knowledge.kb, ctx.knowledge.index
-    thread_id = message.parent_id or message.id
     r = route(text)
-    if r.kind == "escalate":
-        return Reply(cards.escalation_card(thread_id, None, message.id), "escalation")
-    if r.kind in {"my_tickets", "tickets"}:
-        return Reply(await tickets.list_command(ctx, message, mine=r.kind == "my_tickets"), "tickets")
-    if r.kind == "ticket":
-        return Reply(await tickets.show_command(ctx, message, r.ticket), "ticket")
-    if r.kind in {"stats", "unmatched", "reload"}:
+    handler = commands.get(r.kind)
+    assert handler is not None, f"no handler for {r.kind!r}"  # test_every_route_kind_has_a_handler holds this
+    return await handler(r, message, ctx)
+
+
+def _thread(message: Message) -> str:
+    return message.parent_id or message.id
+
+
+@commands.register("triage")
+async def on_triage(r: Route, message: Message, ctx: BotContext) -> Reply:
+    result = triage(r.text, ctx.knowledge.index)
+    card = cards.build(result, ctx.knowledge.kb, _thread(message), r.text, message.id)
+    return Reply(card, f"triage-{result.outcome}", result)
+
+
+@commands.register("escalate")
+async def on_escalate(r: Route, message: Message, ctx: BotContext) -> Reply:
+    return Reply(cards.escalation_card(_thread(message), None, message.id), "escalation")
+
+
+@commands.register("my_tickets", "tickets")
+async def on_list_tickets(r: Route, message: Message, ctx: BotContext) -> Reply:
+    return Reply(await tickets.list_command(ctx, message, mine=r.kind == "my_tickets"), "tickets")
+
+
+@commands.register("ticket")
+async def on_show_ticket(r: Route, message: Message, ctx: BotContext) -> Reply:
+    return Reply(await tickets.show_command(ctx, message, r.ticket), "ticket")
+
+
+def _admin_only(command: Command) -> Command:
+    async def guarded(r: Route, message: Message, ctx: BotContext) -> Reply:
         if not ctx.settings.is_admin(message.person_email):
             return Reply(cards.refusal(ADMIN_ONLY), "refusal")
-        if r.kind == "stats":
-            stats = await ctx.store.stats(since=datetime.now(UTC) - timedelta(days=r.days))
-            return Reply(cards.stats_card(stats, r.days, kb), "stats")
-        if r.kind == "unmatched":
-            return Reply(cards.unmatched_list(await ctx.store.unmatched(limit=20)), "unmatched")
-        return Reply(await reload_knowledge(ctx, message.person_email), "reload")
-    if r.kind in {"setup_next", "setup_previous"}:
-        seen = ctx.setup_pages.get((message.room_id, message.person_id))
-        if seen is None:
-            return Reply(cards.text_message("Send “okta setup” to start the setup guide."), "setup")
-        page = seen + (1 if r.kind == "setup_next" else -1)
-        return _setup_page(ctx, message.room_id, message.person_id, page, thread_id)
-    if r.kind in {"empty", "help"}:
-        admin = ctx.settings.is_admin(message.person_email)
-        return Reply(cards.help_card(kb, admin, thread_id=thread_id, admin_commands=ADMIN_COMMANDS), "help")
-    if r.kind == "setup":
-        return _setup_page(ctx, message.room_id, message.person_id, r.step // SETUP_PAGE_SIZE, thread_id)
-    result = triage(text, index)
-    return Reply(cards.build(result, kb, thread_id, text, message.id), f"triage-{result.outcome}", result)
+        return await command(r, message, ctx)
+
+    return guarded
+
+
+@commands.register("stats")
+@_admin_only
+async def on_stats(r: Route, message: Message, ctx: BotContext) -> Reply:
+    stats = await ctx.store.stats(since=datetime.now(UTC) - timedelta(days=r.days))
+    return Reply(cards.stats_card(stats, r.days, ctx.knowledge.kb), "stats")
+
+
+@commands.register("unmatched")
+@_admin_only
+async def on_unmatched(r: Route, message: Message, ctx: BotContext) -> Reply:
+    return Reply(cards.unmatched_list(await ctx.store.unmatched(limit=20)), "unmatched")
+
+
+@commands.register("reload")
+@_admin_only
+async def on_reload(r: Route, message: Message, ctx: BotContext) -> Reply:
+    return Reply(await reload_knowledge(ctx, message.person_email), "reload")
+
+
+@commands.register("setup_next", "setup_previous")
+async def on_setup_page_turn(r: Route, message: Message, ctx: BotContext) -> Reply:
+    seen = ctx.setup_pages.get((message.room_id, message.person_id))
+    if seen is None:
+        return Reply(cards.text_message("Send “okta setup” to start the setup guide."), "setup")
+    page = seen + (1 if r.kind == "setup_next" else -1)
+    return _setup_page(ctx, message.room_id, message.person_id, page, _thread(message))
+
+
+@commands.register("setup")
+async def on_setup(r: Route, message: Message, ctx: BotContext) -> Reply:
+    page = r.step // SETUP_PAGE_SIZE
+    return _setup_page(ctx, message.room_id, message.person_id, page, _thread(message))
+
+
+@commands.register("empty", "help")
+async def on_help(r: Route, message: Message, ctx: BotContext) -> Reply:
+    admin = ctx.settings.is_admin(message.person_email)
+    card = cards.help_card(ctx.knowledge.kb, admin, thread_id=_thread(message), admin_commands=ADMIN_COMMANDS)
+    return Reply(card, "help")
 
 
 ADMIN_ONLY = (
@@ -233,44 +281,49 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
         ctx.metrics.events_ignored.labels("forged-submit").inc()
         return
     parent = card_thread if card_message.room_type == "group" else None
-    kb = ctx.knowledge.kb
-    if isinstance(submit, FeedbackData):
-        new = await ctx.store.record_feedback(
-            action_id=action.id,
-            person_id=action.person_id,
-            article_id=submit.article_id,
-            helpful=submit.helpful,
-            thread_id=submit.thread_id,
-        )
-        if new and submit.helpful:
-            await post_reply(
-                ctx, event, action.room_id, parent, cards.feedback_ack(True, kb), kind="feedback"
-            )
-        elif new:
-            # "No, still stuck" is the way to a person: offer the helpdesk straight away.
-            await tickets.offer_escalation(
-                ctx, event, action.room_id, parent, submit.thread_id, submit.article_id, None
-            )
-    elif isinstance(submit, ShowData):
-        article = kb.article(submit.article_id)
-        if article is None:
-            reply = cards.refusal("That article is no longer in the knowledge base. Try asking again.")
-        else:
-            reply = cards.article_card(article, kb, submit.thread_id)
-        await post_reply(ctx, event, action.room_id, parent, reply, kind="article")
-    elif isinstance(submit, SetupPageData):
-        page = _setup_page(ctx, action.room_id, action.person_id, submit.page, submit.thread_id)
-        await post_reply(ctx, event, action.room_id, parent, page.message, kind="setup")
-    elif isinstance(submit, EscalateData):
-        await tickets.offer_escalation(
-            ctx, event, action.room_id, parent, submit.thread_id, submit.article_id, submit.origin_id
-        )
-    elif isinstance(submit, FileTicketData):
-        await tickets.file_ticket(ctx, event, action, submit, parent)
-    elif isinstance(submit, ClaimData | ResolveData | AskInfoData):
-        await tickets.on_helpdesk_action(ctx, event, action, submit)
-    elif isinstance(submit, TicketFixedData | AnswerInfoData | CancelTicketData):
-        await tickets.on_requester_action(ctx, event, action, submit, parent)
+    click = Click(ctx, event, Effects(ctx.store, event.event_id), action, parent)
+    handler = submits.get(type(submit))
+    assert handler is not None, f"no handler for {type(submit).__name__}"  # a test holds every submit type
+    await handler(submit, click)
+
+
+@submits.register(FeedbackData)
+async def on_feedback(submit: FeedbackData, click: Click) -> None:
+    new = await click.ctx.store.record_feedback(
+        action_id=click.action.id,
+        person_id=click.action.person_id,
+        article_id=submit.article_id,
+        helpful=submit.helpful,
+        thread_id=submit.thread_id,
+    )
+    if new and submit.helpful:
+        await click.reply(cards.feedback_ack(True, click.ctx.knowledge.kb), kind="feedback")
+    elif new:
+        # "No, still stuck" is the way to a person: offer the helpdesk straight away.
+        await tickets.offer_escalation(click, submit.thread_id, submit.article_id, None)
+
+
+@submits.register(ShowData)
+async def on_show(submit: ShowData, click: Click) -> None:
+    kb = click.ctx.knowledge.kb
+    article = kb.article(submit.article_id)
+    if article is None:
+        reply = cards.refusal("That article is no longer in the knowledge base. Try asking again.")
+    else:
+        reply = cards.article_card(article, kb, submit.thread_id)
+    await click.reply(reply, kind="article")
+
+
+@submits.register(SetupPageData)
+async def on_setup_page(submit: SetupPageData, click: Click) -> None:
+    action = click.action
+    page = _setup_page(click.ctx, action.room_id, action.person_id, submit.page, submit.thread_id)
+    await click.reply(page.message, kind="setup")
+
+
+@submits.register(EscalateData)
+async def on_escalate_click(submit: EscalateData, click: Click) -> None:
+    await tickets.offer_escalation(click, submit.thread_id, submit.article_id, submit.origin_id)
 
 
 async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:

@@ -16,10 +16,11 @@ from bot.cards import (
     ResolveData,
     TicketFixedData,
 )
-from bot.context import BotContext, post_once, post_reply
-from bot.models import AttachmentAction, Message
+from bot.context import BotContext, Click, Effects, post_once
+from bot.dispatch import Router
+from bot.models import Message, Person
 from bot.redact import redact
-from bot.store import InboxEvent, Ticket, TicketChange
+from bot.store import Ticket, TicketChange
 from bot.webex import WebexNotFound
 
 log = logging.getLogger(__name__)
@@ -28,31 +29,21 @@ TRANSITION = "transition"  # the event-effect step that marks a ticket change as
 
 TRANSCRIPT_LINES = 10
 
-HelpdeskVerb = ClaimData | ResolveData | AskInfoData
-RequesterVerb = TicketFixedData | AnswerInfoData | CancelTicketData
+SubmitHandler = Callable[..., Awaitable[None]]
+# The ticket verbs of the card-submit table (handlers.py joins it to its own).
+submits: Router[type, SubmitHandler] = Router()
 
 
 async def offer_escalation(
-    ctx: BotContext,
-    event: InboxEvent,
-    room_id: str,
-    parent_id: str | None,
-    thread_id: str,
-    article_id: str | None,
-    origin_id: str | None,
+    click: Click, thread_id: str, article_id: str | None, origin_id: str | None
 ) -> None:
     """Ask for the optional note; nothing is filed until the person presses "Send to the helpdesk"."""
-    card = cards.escalation_card(thread_id, article_id, origin_id)
-    await post_reply(ctx, event, room_id, parent_id, card, kind="escalation")
+    await click.reply(cards.escalation_card(thread_id, article_id, origin_id), kind="escalation")
 
 
-async def file_ticket(
-    ctx: BotContext,
-    event: InboxEvent,
-    action: AttachmentAction,
-    submit: FileTicketData,
-    parent_id: str | None,
-) -> None:
+@submits.register(FileTicketData)
+async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
+    ctx, action, parent_id = click.ctx, click.action, click.parent
     kb = ctx.knowledge.kb
     person = await ctx.webex.get_person(action.person_id)
     record = await ctx.store.get_triage(submit.origin_id) if submit.origin_id else None
@@ -88,15 +79,15 @@ async def file_ticket(
     helpdesk_room = ctx.settings.helpdesk_room_id
     if helpdesk_room and not ticket.helpdesk_message_id:
         card = cards.ticket_card(ticket, kb)
-        posted = await post_once(
-            ctx, helpdesk_room, None, card, kind="ticket", event=event, step="ticket-card"
+        card_id = await post_once(
+            ctx, click.effects, helpdesk_room, None, card, kind="ticket", step="ticket-card"
         )
-        card_id = posted.id if posted else (await ctx.store.effects(event.event_id))["ticket-card"]
         await ctx.store.set_helpdesk_message(ticket.number, card_id)
     elif not helpdesk_room:
         log.warning("ticket %s filed but HELPDESK_ROOM_ID is not set: nobody is told", ticket.number)
-    confirmation = cards.ticket_filed_card(ticket, submit.thread_id, bool(helpdesk_room))
-    await post_reply(ctx, event, action.room_id, parent_id, confirmation, kind="ticket-filed")
+    await click.reply(
+        cards.ticket_filed_card(ticket, submit.thread_id, bool(helpdesk_room)), kind="ticket-filed"
+    )
 
 
 async def _requester_parent(ctx: BotContext, ticket: Ticket) -> str | None:
@@ -110,239 +101,234 @@ async def _requester_parent(ctx: BotContext, ticket: Ticket) -> str | None:
     return ticket.thread_id if first.room_type == "group" else None
 
 
-async def _tell_requester(
-    ctx: BotContext, event: InboxEvent, ticket: Ticket, message: OutgoingMessage, kind: str
-) -> None:
-    parent = await _requester_parent(ctx, ticket)
-    await post_once(ctx, ticket.room_id, parent, message, kind=kind, event=event, step="requester")
+async def _tell_requester(click: Click, ticket: Ticket, message: OutgoingMessage, kind: str) -> None:
+    parent = await _requester_parent(click.ctx, ticket)
+    await post_once(click.ctx, click.effects, ticket.room_id, parent, message, kind=kind, step="requester")
 
 
-async def _tell_helpdesk(
-    ctx: BotContext, event: InboxEvent, ticket: Ticket, markdown: str, kind: str
-) -> None:
-    room = ctx.settings.helpdesk_room_id
+async def _tell_helpdesk(click: Click, ticket: Ticket, markdown: str, kind: str) -> None:
+    room = click.ctx.settings.helpdesk_room_id
     if room:
         message = cards.text_message(markdown)
         await post_once(
-            ctx, room, ticket.helpdesk_message_id, message, kind=kind, event=event, step="helpdesk"
+            click.ctx, click.effects, room, ticket.helpdesk_message_id, message, kind=kind, step="helpdesk"
         )
 
 
 async def _transition(
-    ctx: BotContext, event: InboxEvent, number: str, change: Callable[[], Awaitable[TicketChange | None]]
+    ctx: BotContext, effects: Effects, number: str, change: Callable[[], Awaitable[TicketChange | None]]
 ) -> TicketChange | None:
     """Run a ticket transition once per event: a retry after a crash resumes with the notices it missed."""
-    if TRANSITION in await ctx.store.effects(event.event_id):
+    if TRANSITION in await effects.known():
         ticket = await ctx.store.get_ticket(number)
         return None if ticket is None else TicketChange(ok=True, ticket=ticket)
     result = await change()
     if result is not None and result.ok:
-        await ctx.store.record_effect(event.event_id, TRANSITION, result.ticket.number)
+        await effects.record(TRANSITION, result.ticket.number)
     return result
 
 
-async def on_helpdesk_action(
-    ctx: BotContext, event: InboxEvent, action: AttachmentAction, submit: HelpdeskVerb
-) -> None:
+# --- The helpdesk's verbs (Claim, Resolve, Ask for info on the ticket card) ---------------------------------
+
+
+async def _helpdesk_member(click: Click, verb: str, number: str) -> Person | None:
+    """The helpdesk member who pressed the button; anyone else is refused, with a reply under the card."""
+    ctx, action = click.ctx, click.action
     room = ctx.settings.helpdesk_room_id
-    parent = action.message_id  # answers go under the ticket card
-    if (
-        not room
-        or action.room_id != room
-        or not await ctx.members.is_member(ctx.webex, room, action.person_id)
-    ):
-        log.warning(
-            "ticket action %s on %s by non-member %s refused", submit.verb, submit.number, action.person_id
-        )
-        refusal = cards.refusal("Sorry, only members of the helpdesk space can work on tickets.")
-        await post_reply(ctx, event, action.room_id, parent, refusal, kind="refusal")
+    if room and action.room_id == room and await ctx.members.is_member(ctx.webex, room, action.person_id):
+        return await ctx.webex.get_person(action.person_id)
+    log.warning("ticket action %s on %s by non-member %s refused", verb, number, action.person_id)
+    refusal = cards.refusal("Sorry, only members of the helpdesk space can work on tickets.")
+    await click.reply(refusal, kind="refusal", parent=action.message_id)
+    return None
+
+
+def _name(person: Person) -> str:
+    return person.display_name or (person.emails[0] if person.emails else "someone")
+
+
+async def _helpdesk_change(
+    click: Click, number: str, change: Callable[[], Awaitable[TicketChange | None]]
+) -> Ticket | None:
+    """Apply one helpdesk transition; say so under the card when there is no such ticket or nothing changed."""
+    result = await _transition(click.ctx, click.effects, number, change)
+    under_card = click.action.message_id
+    if result is None:
+        await click.reply(cards.refusal(f"I can't find {number}."), kind="refusal", parent=under_card)
+        return None
+    ticket = result.ticket
+    if result.ok:
+        return ticket
+    if ticket.status == "claimed" and ticket.assignee_id == click.action.person_id:
+        text = f"You already have {ticket.number}."
+    else:
+        who = f" by {cards.escape_user_text(ticket.assignee_name or '', 60)}" if ticket.assignee_name else ""
+        text = f"{ticket.number} is already {ticket.status}{who}. Nothing changed."
+    await click.reply(cards.text_message(text), kind="ticket-noop", parent=under_card)
+    return None
+
+
+@submits.register(ClaimData)
+async def on_claim(submit: ClaimData, click: Click) -> None:
+    person = await _helpdesk_member(click, submit.verb, submit.number)
+    if person is None:
         return
-    person = await ctx.webex.get_person(action.person_id)
-    name = person.display_name or (person.emails[0] if person.emails else "someone")
+    name = _name(person)
+    ticket = await _helpdesk_change(
+        click,
+        submit.number,
+        lambda: click.ctx.store.claim_ticket(
+            submit.number, assignee_id=click.action.person_id, assignee_name=name
+        ),
+    )
+    if ticket is None:
+        return
+    claimed = cards.text_message(f"{cards.escape_user_text(name, 60)} claimed {ticket.number}.")
+    await click.reply(claimed, kind="ticket-claimed", parent=click.action.message_id)
     first = person.first_name or name.split(" ")[0]
-    store = ctx.store
-    if isinstance(submit, ClaimData):
-        change = await _transition(
-            ctx,
-            event,
-            submit.number,
-            lambda: store.claim_ticket(submit.number, assignee_id=action.person_id, assignee_name=name),
-        )
-    elif isinstance(submit, ResolveData):
-        resolution = redact(submit.resolution.strip())
-        change = await _transition(
-            ctx,
-            event,
-            submit.number,
-            lambda: store.resolve_ticket(
-                submit.number, by_id=action.person_id, by_name=name, resolution=resolution
-            ),
-        )
-    else:
-        question = redact(submit.question.strip())
-        change = await _transition(
-            ctx,
-            event,
-            submit.number,
-            lambda: store.request_info(
-                submit.number, by_id=action.person_id, by_name=name, question=question
-            ),
-        )
-    if change is None:
-        await post_reply(
-            ctx,
-            event,
-            action.room_id,
-            parent,
-            cards.refusal(f"I can't find {submit.number}."),
-            kind="refusal",
-        )
-        return
-    ticket = change.ticket
-    if not change.ok:
-        if (
-            isinstance(submit, ClaimData)
-            and ticket.assignee_id == action.person_id
-            and ticket.status == "claimed"
-        ):
-            text = f"You already have {ticket.number}."
-        else:
-            who = (
-                f" by {cards.escape_user_text(ticket.assignee_name or '', 60)}"
-                if ticket.assignee_name
-                else ""
-            )
-            text = f"{ticket.number} is already {ticket.status}{who}. Nothing changed."
-        await post_reply(ctx, event, action.room_id, parent, cards.text_message(text), kind="ticket-noop")
-        return
-    safe_name = cards.escape_user_text(name, 60)
-    if isinstance(submit, ClaimData):
-        await post_reply(
-            ctx,
-            event,
-            room,
-            parent,
-            cards.text_message(f"{safe_name} claimed {ticket.number}."),
-            kind="ticket-claimed",
-        )
-        notice = f"{cards.escape_user_text(first, 40)} from the helpdesk is on it ({ticket.number})."
-        await _tell_requester(ctx, event, ticket, cards.text_message(notice), kind="requester-claimed")
-    elif isinstance(submit, ResolveData):
-        await post_reply(
-            ctx,
-            event,
-            room,
-            parent,
-            cards.text_message(f"{safe_name} resolved {ticket.number}."),
-            kind="ticket-resolved",
-        )
-        await _tell_requester(
-            ctx,
-            event,
-            ticket,
-            cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id),
-            kind="requester-resolved",
-        )
-    else:
-        await post_reply(
-            ctx,
-            event,
-            room,
-            parent,
-            cards.text_message(f"Question sent to {cards.escape_user_text(ticket.requester_name, 60)}."),
-            kind="ticket-question",
-        )
-        card = cards.info_request_card(ticket, name, submit.question, ticket.thread_id or ticket.room_id)
-        await _tell_requester(ctx, event, ticket, card, kind="requester-question")
+    notice = f"{cards.escape_user_text(first, 40)} from the helpdesk is on it ({ticket.number})."
+    await _tell_requester(click, ticket, cards.text_message(notice), kind="requester-claimed")
 
 
-async def on_requester_action(
-    ctx: BotContext, event: InboxEvent, action: AttachmentAction, submit: RequesterVerb, parent_id: str | None
+@submits.register(ResolveData)
+async def on_resolve(submit: ResolveData, click: Click) -> None:
+    person = await _helpdesk_member(click, submit.verb, submit.number)
+    if person is None:
+        return
+    name = _name(person)
+    resolution = redact(submit.resolution.strip())
+    ticket = await _helpdesk_change(
+        click,
+        submit.number,
+        lambda: click.ctx.store.resolve_ticket(
+            submit.number, by_id=click.action.person_id, by_name=name, resolution=resolution
+        ),
+    )
+    if ticket is None:
+        return
+    resolved = cards.text_message(f"{cards.escape_user_text(name, 60)} resolved {ticket.number}.")
+    await click.reply(resolved, kind="ticket-resolved", parent=click.action.message_id)
+    card = cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id)
+    await _tell_requester(click, ticket, card, kind="requester-resolved")
+
+
+@submits.register(AskInfoData)
+async def on_ask_info(submit: AskInfoData, click: Click) -> None:
+    person = await _helpdesk_member(click, submit.verb, submit.number)
+    if person is None:
+        return
+    name = _name(person)
+    question = redact(submit.question.strip())
+    ticket = await _helpdesk_change(
+        click,
+        submit.number,
+        lambda: click.ctx.store.request_info(
+            submit.number, by_id=click.action.person_id, by_name=name, question=question
+        ),
+    )
+    if ticket is None:
+        return
+    sent = cards.text_message(f"Question sent to {cards.escape_user_text(ticket.requester_name, 60)}.")
+    await click.reply(sent, kind="ticket-question", parent=click.action.message_id)
+    card = cards.info_request_card(ticket, name, submit.question, ticket.thread_id or ticket.room_id)
+    await _tell_requester(click, ticket, card, kind="requester-question")
+
+
+# --- The requester's verbs (on the cards the bot sent them) ---------------------------------------------------
+
+
+async def _requester_ticket(click: Click, verb: str, number: str) -> Ticket | None:
+    ticket = await click.ctx.store.get_ticket(number)
+    if ticket is not None and ticket.requester_id == click.action.person_id:
+        return ticket
+    # Someone else's ticket (or a forged number): no details, no change.
+    log.warning("ticket action %s on %s by non-requester %s refused", verb, number, click.action.person_id)
+    await click.reply(cards.refusal("Sorry, I can only change tickets you opened yourself."), kind="refusal")
+    return None
+
+
+async def _requester_change(
+    click: Click,
+    ticket: Ticket,
+    change: Callable[[], Awaitable[TicketChange | None]],
+    *,
+    number: str,
+    helpdesk_notice: str,
+    done: str,
+    refused: str,
+    kinds: tuple[str, str],
 ) -> None:
-    ticket = await ctx.store.get_ticket(submit.number)
-    if ticket is None or ticket.requester_id != action.person_id:
-        # Someone else's ticket (or a forged number): no details, no change.
-        log.warning(
-            "ticket action %s on %s by non-requester %s refused", submit.verb, submit.number, action.person_id
-        )
-        refusal = cards.refusal("Sorry, I can only change tickets you opened yourself.")
-        await post_reply(ctx, event, action.room_id, parent_id, refusal, kind="refusal")
-        return
-    if isinstance(submit, TicketFixedData):
-        if submit.fixed:
-            await post_reply(
-                ctx,
-                event,
-                action.room_id,
-                parent_id,
-                cards.text_message("Great, glad it's fixed. Thanks for telling me."),
-                kind="ticket-fixed",
-            )
-            return
-        store = ctx.store
-        change = await _transition(
-            ctx,
-            event,
-            submit.number,
-            lambda: store.reopen_ticket(submit.number, requester_id=action.person_id),
-        )
-        if change is not None and change.ok:
-            await _tell_helpdesk(
-                ctx,
-                event,
-                change.ticket,
-                f"{change.ticket.number} was reopened: the requester says it is still broken.",
-                kind="ticket-reopened",
-            )
-            text = f"Sorry about that. I reopened {submit.number}; the helpdesk will pick it up again here."
-        else:
-            text = f"{submit.number} is {ticket.status}; nothing to reopen."
-        await post_reply(
-            ctx, event, action.room_id, parent_id, cards.text_message(text), kind="ticket-reopen"
-        )
-    elif isinstance(submit, AnswerInfoData):
-        answer = redact(submit.answer.strip())
-        if TRANSITION not in await ctx.store.effects(event.event_id):
-            await ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
-            await ctx.store.record_effect(event.event_id, TRANSITION, ticket.number)
-        await _tell_helpdesk(
-            ctx,
-            event,
-            ticket,
-            f"Answer from {cards.escape_user_text(ticket.requester_name, 60)} on {ticket.number}: "
-            f"“{cards.escape_user_text(answer, 1500)}”",
-            kind="ticket-answer",
-        )
-        await post_reply(
-            ctx,
-            event,
-            action.room_id,
-            parent_id,
-            cards.text_message("Thanks, I passed your answer to the helpdesk."),
-            kind="ticket-answered",
-        )
+    """Reopen and cancel: one transition, the helpdesk told under its card, the requester answered.
+
+    The texts are formats of {number} (as the card gave it) and {status} (the ticket's before the change)."""
+    notice_kind, reply_kind = kinds
+    result = await _transition(click.ctx, click.effects, number, change)
+    if result is not None and result.ok:
+        notice = helpdesk_notice.format(number=result.ticket.number)
+        await _tell_helpdesk(click, result.ticket, notice, kind=notice_kind)
+        text = done
     else:
-        store = ctx.store
-        change = await _transition(
-            ctx,
-            event,
-            submit.number,
-            lambda: store.cancel_ticket(submit.number, requester_id=action.person_id),
-        )
-        if change is not None and change.ok:
-            await _tell_helpdesk(
-                ctx,
-                event,
-                change.ticket,
-                f"{change.ticket.number} was cancelled by the requester.",
-                kind="ticket-cancelled",
-            )
-            text = f"{submit.number} is cancelled."
-        else:
-            text = f"{submit.number} is {ticket.status} and can't be cancelled now."
-        await post_reply(
-            ctx, event, action.room_id, parent_id, cards.text_message(text), kind="ticket-cancel"
-        )
+        text = refused
+    await click.reply(cards.text_message(text.format(number=number, status=ticket.status)), kind=reply_kind)
+
+
+@submits.register(TicketFixedData)
+async def on_ticket_fixed(submit: TicketFixedData, click: Click) -> None:
+    ticket = await _requester_ticket(click, submit.verb, submit.number)
+    if ticket is None:
+        return
+    if submit.fixed:
+        thanks = cards.text_message("Great, glad it's fixed. Thanks for telling me.")
+        await click.reply(thanks, kind="ticket-fixed")
+        return
+    await _requester_change(
+        click,
+        ticket,
+        lambda: click.ctx.store.reopen_ticket(submit.number, requester_id=click.action.person_id),
+        number=submit.number,
+        helpdesk_notice="{number} was reopened: the requester says it is still broken.",
+        done="Sorry about that. I reopened {number}; the helpdesk will pick it up again here.",
+        refused="{number} is {status}; nothing to reopen.",
+        kinds=("ticket-reopened", "ticket-reopen"),
+    )
+
+
+@submits.register(CancelTicketData)
+async def on_cancel_ticket(submit: CancelTicketData, click: Click) -> None:
+    ticket = await _requester_ticket(click, submit.verb, submit.number)
+    if ticket is None:
+        return
+    await _requester_change(
+        click,
+        ticket,
+        lambda: click.ctx.store.cancel_ticket(submit.number, requester_id=click.action.person_id),
+        number=submit.number,
+        helpdesk_notice="{number} was cancelled by the requester.",
+        done="{number} is cancelled.",
+        refused="{number} is {status} and can't be cancelled now.",
+        kinds=("ticket-cancelled", "ticket-cancel"),
+    )
+
+
+@submits.register(AnswerInfoData)
+async def on_answer_info(submit: AnswerInfoData, click: Click) -> None:
+    ticket = await _requester_ticket(click, submit.verb, submit.number)
+    if ticket is None:
+        return
+    answer = redact(submit.answer.strip())
+    if TRANSITION not in await click.effects.known():
+        await click.ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
+        await click.effects.record(TRANSITION, ticket.number)
+    await _tell_helpdesk(
+        click,
+        ticket,
+        f"Answer from {cards.escape_user_text(ticket.requester_name, 60)} on {ticket.number}: "
+        f"“{cards.escape_user_text(answer, 1500)}”",
+        kind="ticket-answer",
+    )
+    await click.reply(
+        cards.text_message("Thanks, I passed your answer to the helpdesk."), kind="ticket-answered"
+    )
 
 
 async def list_command(ctx: BotContext, message: Message, *, mine: bool) -> OutgoingMessage:

@@ -79,3 +79,26 @@ def test_reply_parent() -> None:
     assert reply_parent(message(roomType="direct")) is None
     assert reply_parent(message()) == "m1"
     assert reply_parent(message(parentId="top")) == "top"
+
+
+def test_every_route_kind_and_every_submit_type_has_a_handler() -> None:
+    from typing import get_args
+
+    from bot.cards import SubmitData
+    from bot.handlers import commands, submits
+    from bot.routing import RouteKind
+
+    assert [k for k in get_args(RouteKind) if k not in commands] == []
+    submit_types = get_args(get_args(SubmitData)[0])  # Annotated[A | B | ..., discriminator]
+    assert submit_types, "SubmitData should be a union of the submit models"
+    assert [t.__name__ for t in submit_types if t not in submits] == []
+
+
+def test_a_router_refuses_two_handlers_for_one_key() -> None:
+    from bot.dispatch import Router
+
+    router: Router[str, int] = Router()
+    router.register("a")(1)
+    with pytest.raises(ValueError, match="already has a handler"):
+        router.register("a")(2)
+    assert Router(router).get("a") == 1 and router.get("b") is None
