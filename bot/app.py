@@ -23,12 +23,12 @@ from bot.knowledge import load_knowledge
 from bot.local.routes import add_local_routes
 from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
-from bot.outbox import OutboxDeliverer
+from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
-from bot.worker import Worker
+from bot.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ WEBHOOK_CHECK_SECONDS = 300.0
 def create_app(
     settings: Settings,
     *,
-    worker_options: dict[str, Any] | None = None,
-    outbox_options: dict[str, Any] | None = None,
+    worker: WorkerOptions = WorkerOptions(),
+    outbox: OutboxOptions = OutboxOptions(),
 ) -> web.Application:
     """Build the bot. Nothing touches the network or the disk until the app starts (cleanup_ctx)."""
     if settings.local_mode and not settings.helpdesk_room_id:
@@ -48,7 +48,7 @@ def create_app(
         settings = settings.model_copy(update={"helpdesk_room_id": LOCAL_HELPDESK_ROOM})
     # client_max_size makes aiohttp answer 413 itself for bodies over the limit.
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.cleanup_ctx.append(_context(settings, worker_options or {}, outbox_options or {}))
+    app.cleanup_ctx.append(_context(settings, worker, outbox))
     app.router.add_post("/webhooks/webex", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -58,7 +58,7 @@ def create_app(
     return app
 
 
-def _context(settings: Settings, worker_options: dict[str, Any], outbox_options: dict[str, Any]) -> Any:
+def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: OutboxOptions) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
         store = await Store.open(settings.database_url)
@@ -90,11 +90,10 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
             on_failure=lambda event, final: metrics.events_failed.labels(
                 event.resource, "yes" if final else "no"
             ).inc(),
-            **{
-                "lease_seconds": settings.worker_lease_seconds,
-                "concurrency": settings.worker_concurrency,
-                **worker_options,
-            },
+            poll_interval=worker_options.poll_interval,
+            retry_schedule=worker_options.retry_schedule,
+            lease_seconds=worker_options.lease_seconds or settings.worker_lease_seconds,
+            concurrency=worker_options.concurrency or settings.worker_concurrency,
         )
         app[CONTEXT], app[WORKER] = ctx, worker
         app[INBOX] = InboxWriter(store)
@@ -107,7 +106,7 @@ def _context(settings: Settings, worker_options: dict[str, Any], outbox_options:
                 session,
                 str(settings.ticket_webhook_url),
                 secret.get_secret_value() if secret else None,
-                **(outbox_options or {}),
+                outbox_options,
             )
             outbox.start()
         background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -20,6 +21,15 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Helpdesk-Signature"
 # Seconds before attempt 2, 3, ...; a receiver down for hours still gets every event, in order.
 RETRY_SCHEDULE: tuple[float, ...] = (5, 15, 60, 300, 900, 1800, 3600, 3600, 3600, 3600, 3600, 3600)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxOptions:
+    """How the deliverer paces itself (tests shorten the waits)."""
+
+    poll_interval: float = 2.0
+    timeout: float = 10.0
+    retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -34,18 +44,15 @@ class OutboxDeliverer:
         session: aiohttp.ClientSession,
         url: str,
         secret: str | None,
-        *,
-        poll_interval: float = 2.0,
-        timeout: float = 10.0,
-        retry_schedule: tuple[float, ...] = RETRY_SCHEDULE,
+        options: OutboxOptions = OutboxOptions(),
     ) -> None:
         self.store = store
         self.session = session
         self.url = url
         self.secret = secret
-        self.poll_interval = poll_interval
-        self.timeout = timeout
-        self.retry_schedule = retry_schedule
+        self.poll_interval = options.poll_interval
+        self.timeout = options.timeout
+        self.retry_schedule = options.retry_schedule
         self.worker_id = f"outbox:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

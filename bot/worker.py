@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from bot.store import InboxEvent, Store, StoreUnavailable
 
@@ -18,6 +19,16 @@ RETRY_SCHEDULE: tuple[float, ...] = (2.0, 10.0, 60.0, 300.0)
 
 Handler = Callable[[InboxEvent], Awaitable[None]]
 FinalFailure = Callable[[InboxEvent, BaseException], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How the worker paces itself (tests shorten the waits). None takes the value from the settings."""
+
+    poll_interval: float = 1.0
+    retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
+    concurrency: int | None = None
+    lease_seconds: float | None = None
 
 
 class Worker:

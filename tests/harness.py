@@ -15,12 +15,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.app import create_app
 from bot.config import Settings
 from bot.keys import CONTEXT, WORKER
+from bot.outbox import OutboxOptions
+from bot.worker import WorkerOptions
 from tests.conftest import KNOWLEDGE_DIR
 from tests.fakewebex import FakeWebex, sign
 
 SECRET = "webhook-secret-for-tests"
-FAST_WORKER = {"poll_interval": 0.05, "retry_schedule": (0.05, 0.1, 0.2)}
-FAST_OUTBOX = {"poll_interval": 0.05, "retry_schedule": (0.05, 0.1, 0.2, 0.4)}
+FAST_WORKER = WorkerOptions(poll_interval=0.05, retry_schedule=(0.05, 0.1, 0.2))
+FAST_OUTBOX = OutboxOptions(poll_interval=0.05, retry_schedule=(0.05, 0.1, 0.2, 0.4))
 
 
 def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Settings:
@@ -32,18 +34,16 @@ def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Setti
         "knowledge_dir": KNOWLEDGE_DIR,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 class Bot:
     """A started app plus the conveniences tests need: signed posts and waiting for replies."""
 
-    def __init__(self, fake: FakeWebex, settings: Settings, worker: dict[str, Any] | None = None) -> None:
+    def __init__(self, fake: FakeWebex, settings: Settings, worker: WorkerOptions = FAST_WORKER) -> None:
         self.fake = fake
         self.settings = settings
-        self.app: web.Application = create_app(
-            settings, worker_options=worker or FAST_WORKER, outbox_options=FAST_OUTBOX
-        )
+        self.app: web.Application = create_app(settings, worker=worker, outbox=FAST_OUTBOX)
         self.client: TestClient[Any, Any] = TestClient(TestServer(self.app))
 
     async def __aenter__(self) -> Bot:

@@ -4,6 +4,7 @@ recover, bounded retries, no crash, and other events' acks never wait for the st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -267,7 +268,7 @@ async def test_database_outage_while_a_reply_is_posted_answers_once(
     """
     name, proxy = proxied_database
     settings = make_settings(fake_webex, pg_url(name, proxy.port))
-    async with Bot(fake_webex, settings, FAST_WORKER | {"lease_seconds": 1.0}) as bot:
+    async with Bot(fake_webex, settings, dataclasses.replace(FAST_WORKER, lease_seconds=1.0)) as bot:
         msg = fake_webex.add_message(people["group"], people["alice"], "Error: 1000:1002 on phone services")
         fake_webex.delay("POST", "/messages", 1.0, times=1)
         assert (await bot.post(fake_webex.message_created_envelope(msg))).status == 200

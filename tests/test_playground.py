@@ -47,7 +47,7 @@ async def start(app: web.Application) -> TestClient[Any, Any]:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(local_settings(tmp_path), worker_options=FAST_WORKER)
+    app = create_app(local_settings(tmp_path), worker=FAST_WORKER)
     # No npm here: these tests must not touch the network. The renderer's own tests are below.
     app[RENDERER] = Renderer(cache_dir=tmp_path / "cache", npm=str(tmp_path / "no-such-npm"))
     c = await start(app)
@@ -294,7 +294,7 @@ def fake_npm(tmp_path: Path, *, fail: bool = False) -> Path:
 
 
 async def start_with(tmp_path: Path, renderer: Renderer) -> TestClient[Any, Any]:
-    app = create_app(local_settings(tmp_path), worker_options=FAST_WORKER)
+    app = create_app(local_settings(tmp_path), worker=FAST_WORKER)
     app[RENDERER] = renderer
     return await start(app)
 

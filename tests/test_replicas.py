@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -59,7 +60,7 @@ async def test_the_same_webhooks_on_both_replicas_get_one_reply_each(
     settings = make_settings(fake_webex, pg_url(database))
     texts = ["Error: 1000:1002", "blank screen when I sign in", "help", "okta setup", "sso failed", "hello"]
     # Few slots per replica, so that neither can take every event in one claim and both do some of the work.
-    narrow = {**FAST_WORKER, "concurrency": 2}
+    narrow = dataclasses.replace(FAST_WORKER, concurrency=2)
     async with Bot(fake_webex, settings, narrow) as a, Bot(fake_webex, settings, narrow) as b:
         fake_webex.delay("GET", "/messages/", 0.1)  # keeps both workers busy at once
         msgs = [
