@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_purge_deletes_old_handled_events_and_says_how_many(tmp_path: Path) -> N
             (None, "recent", True),
             (month_ago, "stuck", False),
         ):
-            store = await (Store.open(url, now=lambda at=clock: at) if clock else Store.open(url))
+            store = await (Store.open(url, now=_fixed(clock)) if clock else Store.open(url))
             try:
                 await store.enqueue_event(event_id, "messages", "{}")
                 if handled:
@@ -124,3 +125,8 @@ def test_purge_deletes_old_handled_events_and_says_how_many(tmp_path: Path) -> N
 
     refused = run("purge", env={"DATABASE_URL": url, "RETENTION_DAYS": "0"})
     assert refused.returncode == 2 and "keeps everything" in refused.stderr
+
+
+def _fixed(at: datetime) -> Callable[[], datetime]:
+    """A clock stopped at one instant (a lambda default would not type-check under --strict)."""
+    return lambda: at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -185,7 +186,7 @@ def _index() -> TriageIndex:
     return _CACHE["i"]
 
 
-def _load(name: str) -> list[dict[str, object]]:
+def _load(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
@@ -210,7 +211,7 @@ def test_quality_bar(
     in_scope = [r for r in rows if r["expect"]]
     out_scope = [r for r in rows if not r["expect"]]
     for r in rows:
-        assert set(r["expect"]) <= kb.articles.keys(), f"label names an unknown article: {r}"  # type: ignore[arg-type]
+        assert set(r["expect"]) <= kb.articles.keys(), f"label names an unknown article: {r}"
     hits = 0
     for r in in_scope:
         result = triage(str(r["text"]), index)
