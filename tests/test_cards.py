@@ -7,7 +7,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -58,7 +57,9 @@ from bot.cards import (
 from bot.knowledge import Article, KnowledgeBase, Step
 from bot.triage import Match, TriageIndex, TriageResult, triage
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "adaptive-card-1.3.schema.json"
+from .conftest import SHARED
+
+SCHEMA_PATH = SHARED / "reference" / "adaptive-card-1.3.schema.json"
 # Realistic Webex ids: base64 of ciscospark://us/MESSAGE/<uuid> and ciscospark://us/ROOM/<uuid>.
 THREAD = "Y2lzY29zcGFyazovL3VzL01FU1NBR0UvOTJkYjNiZTAtNDNiZC0xMWU2LThhZTktZGQ1YjNkZmM1NjVk"
 ROOM = "Y2lzY29zcGFyazovL3VzL1JPT00vYmJjZWIxYWQtNDNmMS0zYjU4LTkxNDctZjE0YmIwYzRkMTU0"
