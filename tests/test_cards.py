@@ -16,21 +16,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bot import cards
-from bot.cardmodels import (
-    ActionOpenUrl,
-    ActionShowCard,
-    ActionSubmit,
-    AdaptiveCard,
-    Column,
-    ColumnSet,
-    Container,
-    Fact,
-    FactSet,
-    InputText,
-    RichTextBlock,
-    TextBlock,
-    TextRun,
-)
 from bot.cards import (
     ADMIN_NOTE,
     CARD_CONTENT_TYPE,
@@ -53,6 +38,21 @@ from bot.cards import (
     parse_submit,
     refusal,
     setup_guide_card,
+)
+from bot.cards.elements import (
+    ActionOpenUrl,
+    ActionShowCard,
+    ActionSubmit,
+    AdaptiveCard,
+    Column,
+    ColumnSet,
+    Container,
+    Fact,
+    FactSet,
+    InputText,
+    RichTextBlock,
+    TextBlock,
+    TextRun,
 )
 from bot.knowledge import Article, KnowledgeBase, Step
 from bot.triage import Match, TriageIndex, TriageResult, triage
