@@ -29,7 +29,6 @@ from bot.cards import (
     body_bytes,
     build,
     clarify_card,
-    error_message,
     escape_user_text,
     feedback_ack,
     fix_card,
@@ -44,15 +43,11 @@ from bot.cards.elements import (
     ActionShowCard,
     ActionSubmit,
     AdaptiveCard,
-    Column,
-    ColumnSet,
     Container,
     Fact,
     FactSet,
     InputText,
-    RichTextBlock,
     TextBlock,
-    TextRun,
 )
 from bot.knowledge import Article, KnowledgeBase, Step
 from bot.triage import Match, TriageIndex, TriageResult, triage
@@ -183,7 +178,6 @@ def all_messages(kb: KnowledgeBase, index: TriageIndex) -> list[tuple[str, Outgo
         ("feedback yes", feedback_ack(True, kb)),
         ("feedback no", feedback_ack(False, kb)),
         ("refusal", refusal("I only help people in example.com.")),
-        ("error", error_message()),
     ]
     return out
 
@@ -400,8 +394,6 @@ def test_text_only_replies(kb: KnowledgeBase) -> None:
     assert thanks.card is None and sorry.card is None
     assert "Thanks" in thanks.markdown and "helpdesk.example.com" not in thanks.markdown
     assert "Sorry" in sorry.markdown and kb.links["helpdesk-portal"].url in sorry.markdown
-    oops = error_message()
-    assert oops.card is None and "saved" in oops.markdown and "try again" in oops.markdown
     no = refusal("I only help people at example.com.")
     assert (no.markdown, no.card) == ("I only help people at example.com.", None)
     assert body_bytes(refusal("x" * 20_000).to_webex(ROOM)) <= MAX_BODY_BYTES
@@ -572,10 +564,8 @@ def test_models_serialize_to_schema_valid_camel_case_json(validator: jsonschema.
         schema_url="http://adaptivecards.io/schemas/adaptive-card.json",
         body=(
             TextBlock(text="Hi", is_subtle=True, max_lines=2, horizontal_alignment="center", color="accent"),
-            RichTextBlock(inlines=(TextRun(text="bold", weight="bolder"),)),
             FactSet(facts=(Fact(title="Code", value="1000:1"),)),
             Container(style="emphasis", items=(InputText(id="details", is_multiline=True, max_length=500),)),
-            ColumnSet(columns=(Column(width="auto", items=(TextBlock(text="1."),)), Column(width="stretch"))),
         ),
         actions=(
             ActionSubmit(title="Send", data={"verb": "x"}, style="positive"),
@@ -586,8 +576,8 @@ def test_models_serialize_to_schema_valid_camel_case_json(validator: jsonschema.
     data = card.to_dict()
     assert not schema_errors(validator, data)
     assert data["$schema"].startswith("http") and data["body"][0]["isSubtle"] is True
-    assert data["body"][0]["maxLines"] == 2 and data["body"][3]["items"][0]["isMultiline"] is True
-    assert "color" not in data["body"][2] and "id" not in data["body"][0], "None is dropped"
+    assert data["body"][0]["maxLines"] == 2 and data["body"][2]["items"][0]["isMultiline"] is True
+    assert "color" not in data["body"][1] and "id" not in data["body"][0], "None is dropped"
     assert AdaptiveCard.model_validate(data) == card
 
 

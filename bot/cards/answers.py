@@ -278,18 +278,8 @@ def refusal(text: str) -> OutgoingMessage:
     return text_message(text)
 
 
-def error_message() -> OutgoingMessage:
-    return text_message(
-        "Sorry, something went wrong on my side. Your message is saved and I'll try again shortly."
-    )
-
-
 def _label(article: Article) -> str:
     return f"{article.code} — {article.title}" if article.code else article.title
-
-
-def _plural(n: int, word: str) -> str:
-    return word if n == 1 else word + "s"
 
 
 def _join(items: Sequence[str]) -> str:
