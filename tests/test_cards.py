@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
@@ -38,6 +38,7 @@ from bot.cards import (
     refusal,
     setup_guide_card,
 )
+from bot.cards.draft import Draft, Prompt, form
 from bot.cards.elements import (
     ActionOpenUrl,
     ActionShowCard,
@@ -49,6 +50,7 @@ from bot.cards.elements import (
     InputText,
     TextBlock,
 )
+from bot.cards.submit import AnswerInfoData, AskInfoData, FileTicketData, SubmitData
 from bot.knowledge import Article, KnowledgeBase, Step
 from bot.triage import Match, TriageIndex, TriageResult, triage
 
@@ -735,3 +737,60 @@ def test_escalation_and_requester_cards_round_trip() -> None:
     assert parse_submit(answer | {"answer": "the Mac"}) == cards.AnswerInfoData(
         number="HD-1042", thread_id=THREAD, answer="the Mac"
     )
+    assert parse_submit(answer) is None, "the button alone is no answer"
+
+
+PAYLOADS = {p.model_fields["verb"].default: p for p in get_args(get_args(SubmitData)[0])}
+
+
+def test_inputs_are_the_fields_their_submit_takes_from_inputs_and_blank_ones_are_asked_for(
+    kb: KnowledgeBase,
+) -> None:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, message in ticket_messages(kb):
+        for card in nested_cards(message.card or {}):
+            inputs = {n["id"]: n for n in walk(card.get("body", [])) if n.get("type") == "Input.Text"}
+            for action in card.get("actions", []):
+                if action["type"] != "Action.Submit":
+                    continue
+                data, fields = action["data"], PAYLOADS[action["data"]["verb"]].input_fields()
+                assert inputs.keys() == fields.keys(), name
+                assert not data.keys() & fields.keys(), "inputs fill these, not the button"
+                filled = data | {f: "x" for f in fields}
+                assert parse_submit(filled) is not None, name
+                for field, element in inputs.items():
+                    blank_refused = parse_submit(filled | {field: ""}) is None
+                    assert element.get("isRequired", False) == blank_refused, (name, field)
+                    assert bool(element.get("errorMessage")) == blank_refused, (name, field)
+                    limit = element["maxLength"]
+                    assert parse_submit(filled | {field: "x" * limit}) is not None, (name, field)
+                    assert parse_submit(filled | {field: "x" * (limit + 1)}) is None, (name, field)
+                    seen[data["verb"], field] = element
+    assert sorted(seen) == [
+        ("answer_info", "answer"),
+        ("ask_info", "question"),
+        ("file_ticket", "note"),
+        ("resolve", "resolution"),
+    ]
+    assert sorted(f for (_, f), e in seen.items() if e.get("isRequired")) == ["answer", "question"]
+
+
+def test_forms_refuse_inputs_that_do_not_match_their_payload() -> None:
+    values = {"number": "HD-1", "thread_id": THREAD}
+    answer = {"answer": Prompt("Your answer", error="Write your answer first.")}
+    inputs, button = form(AnswerInfoData, values, answer, title="Send")
+    assert [i.id for i in inputs] == ["answer"] and button.data == {"verb": "answer_info", **values}
+    with pytest.raises(ValueError, match="takes"):
+        form(AnswerInfoData, values, {"reply": answer["answer"]}, title="Send")  # not a payload field
+    with pytest.raises(ValueError, match="takes"):
+        form(AnswerInfoData, values, {}, title="Send")
+    with pytest.raises(ValueError, match="error message"):
+        form(AnswerInfoData, values, {"answer": Prompt("Your answer")}, title="Send")
+    with pytest.raises(ValidationError):
+        form(AnswerInfoData, values | {"answer": "-"}, answer, title="Send")  # the input fills it
+    with pytest.raises(ValidationError):
+        form(AnswerInfoData, {"number": "HD-1"}, answer, title="Send")  # thread_id is missing
+    with pytest.raises(ValidationError):
+        form(FileTicketData, {"thread_id": "<@all>"}, {"note": Prompt("Note")}, title="Send")
+    with pytest.raises(ValueError, match="form"):
+        Draft().submit("Ask", AskInfoData(number="HD-1", question="which laptop?"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from annotated_types import MaxLen, MinLen
+from pydantic.fields import FieldInfo
 
 from bot.cards.elements import (
     MAX_ACTIONS,
@@ -18,6 +21,7 @@ from bot.cards.elements import (
     Element,
     Fact,
     FactSet,
+    InputText,
     TextBlock,
 )
 from bot.cards.escape import shorten
@@ -214,17 +218,80 @@ class Draft:
 
     def submit(self, title: str, payload: Payload, *, positive: bool = False) -> None:
         """Adds a button if there is room for one (callers add them in priority order)."""
+        if payload.input_fields():
+            raise ValueError(f"{type(payload).__name__} takes fields from inputs: add it with form()")
         if len(self.actions) >= MAX_ACTIONS:
             return
-        style: Literal["positive"] | None = "positive" if positive else None
-        self.actions.append(
-            ActionSubmit(title=shorten(title, BUTTON_CHARS), data=payload.to_data(), style=style)
-        )
+        self.actions.append(_button(title, payload.to_data(), positive))
+
+    def form(
+        self,
+        payload: type[Payload],
+        values: Mapping[str, Any],
+        prompts: Mapping[str, Prompt],
+        *,
+        title: str,
+        positive: bool = False,
+    ) -> None:
+        """The payload's inputs at the end of the body and the button that submits them (see `form`)."""
+        inputs, button = form(payload, values, prompts, title=title, positive=positive)
+        self.body.extend(inputs)
+        self.actions.append(button)
 
     def message(self, footer: str = "") -> OutgoingMessage:
         card = AdaptiveCard(body=tuple(self.body), actions=tuple(self.actions))
         markdown = "\n\n".join([*self.paragraphs, *([footer] if footer else [])])
         return OutgoingMessage(markdown=markdown, card=card.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The card copy of one input: what it asks for, and what the client says when a required one is blank."""
+
+    placeholder: str
+    error: str | None = None
+
+
+def form(
+    payload: type[Payload],
+    values: Mapping[str, Any],
+    prompts: Mapping[str, Prompt],
+    *,
+    title: str,
+    positive: bool = False,
+) -> tuple[tuple[InputText, ...], ActionSubmit]:
+    """One Input.Text per field the payload takes from inputs, and the Action.Submit carrying `values`.
+
+    Input ids are the payload's field names and maxLength its limit; a field that refuses blank text gets
+    isRequired, so the client asks for it instead of sending a submit the bot would refuse.
+    """
+    fields = payload.input_fields()
+    if prompts.keys() != fields.keys():
+        raise ValueError(
+            f"{payload.__name__} takes {sorted(fields)} from inputs; prompts given: {sorted(prompts)}"
+        )
+    inputs = tuple(_input(name, info, prompts[name]) for name, info in fields.items())
+    return inputs, _button(title, payload.button_data(**values), positive)
+
+
+def _input(name: str, info: FieldInfo, prompt: Prompt) -> InputText:
+    required = any(isinstance(m, MinLen) and m.min_length > 0 for m in info.metadata)
+    if required and not prompt.error:
+        raise ValueError(f"the required input {name!r} needs an error message")
+    return InputText(
+        id=name,
+        placeholder=prompt.placeholder,
+        # Every input the bot asks for is free text: a note, a question, an answer.
+        is_multiline=True,
+        max_length=next((m.max_length for m in info.metadata if isinstance(m, MaxLen)), None),
+        is_required=required or None,
+        error_message=prompt.error if required else None,
+    )
+
+
+def _button(title: str, data: dict[str, Any], positive: bool) -> ActionSubmit:
+    style: Literal["positive"] | None = "positive" if positive else None
+    return ActionSubmit(title=shorten(title, BUTTON_CHARS), data=data, style=style)
 
 
 def _md_links(links: Sequence[Link]) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 MAX_SUBMIT_KEYS = 20
 MAX_NOTE_CHARS = 1000
@@ -36,6 +39,11 @@ ArticleRef = Annotated[str, Field(max_length=64, pattern=r"^(1000:\d{1,4}|[a-z0-
 ThreadId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9+/=_:.\-]+$")]
 
 
+@dataclass(frozen=True, slots=True)
+class FromInput:
+    """Marks a payload field that an input on the card fills in: the input's id is the field's name."""
+
+
 class Payload(BaseModel):
     # Unknown keys are dropped, not refused: Webex merges every input on the card into the submit, so a
     # card that later gains an input must not break the buttons already sent.
@@ -43,6 +51,34 @@ class Payload(BaseModel):
 
     def to_data(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @classmethod
+    def input_fields(cls) -> dict[str, FieldInfo]:
+        """The fields the card's inputs fill in, in declaration order."""
+        return {
+            name: info
+            for name, info in cls.model_fields.items()
+            if any(isinstance(m, FromInput) for m in info.metadata)
+        }
+
+    @classmethod
+    def button_data(cls, **values: Any) -> dict[str, Any]:
+        """The Action.Submit data of a card with inputs: `values` checked as the payload checks them,
+        the input fields left out (the client merges the inputs' values in on submit)."""
+        return _button_model(cls).model_validate(values).model_dump(mode="json")
+
+
+@cache
+def _button_model(payload: type[Payload]) -> type[BaseModel]:
+    # The payload minus its input fields; unknown keys are refused here, so an input field passed by
+    # hand (or a typo) fails when the card is built rather than when someone clicks.
+    inputs = payload.input_fields()
+    fields: dict[str, Any] = {
+        name: (info.annotation, info) for name, info in payload.model_fields.items() if name not in inputs
+    }
+    return create_model(
+        f"{payload.__name__}Button", __config__=ConfigDict(frozen=True, extra="forbid"), **fields
+    )
 
 
 class FeedbackData(Payload):
@@ -65,8 +101,10 @@ class SetupPageData(Payload):
 
 
 TicketNumber = Annotated[str, Field(pattern=r"^HD-\d{1,9}$")]
-# Input.Text values arrive merged into the submit; the card's maxLength keeps honest clients inside these.
+# Input.Text values arrive merged into the submit; the inputs take their maxLength from here, which keeps
+# honest clients inside these.
 NoteText = Annotated[str, Field(max_length=MAX_NOTE_CHARS)]
+RequiredText = Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
 
 
 class EscalateData(Payload):
@@ -83,7 +121,7 @@ class FileTicketData(Payload):
     thread_id: ThreadId
     article_id: ArticleRef | None = None
     origin_id: ThreadId | None = None
-    note: NoteText = ""
+    note: Annotated[NoteText, FromInput()] = ""
 
 
 class ClaimData(Payload):
@@ -94,20 +132,20 @@ class ClaimData(Payload):
 class ResolveData(Payload):
     verb: Literal["resolve"] = "resolve"
     number: TicketNumber
-    resolution: NoteText = ""
+    resolution: Annotated[NoteText, FromInput()] = ""
 
 
 class AskInfoData(Payload):
     verb: Literal["ask_info"] = "ask_info"
     number: TicketNumber
-    question: Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
+    question: Annotated[RequiredText, FromInput()]
 
 
 class AnswerInfoData(Payload):
     verb: Literal["answer_info"] = "answer_info"
     number: TicketNumber
     thread_id: ThreadId
-    answer: Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
+    answer: Annotated[RequiredText, FromInput()]
 
 
 class TicketFixedData(Payload):

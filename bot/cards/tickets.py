@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from bot.cards.draft import Budget, Draft, OutgoingMessage, fit, text_message
-from bot.cards.elements import ActionShowCard, ActionSubmit, AdaptiveCard, InputText
+from bot.cards.draft import Budget, Draft, OutgoingMessage, Prompt, fit, form, text_message
+from bot.cards.elements import ActionShowCard, AdaptiveCard
 from bot.cards.escape import EXCERPT_CHARS, escape_user_text
 from bot.cards.submit import (
-    MAX_NOTE_CHARS,
     AnswerInfoData,
+    AskInfoData,
     CancelTicketData,
     ClaimData,
     FileTicketData,
+    Payload,
+    ResolveData,
     TicketFixedData,
 )
 from bot.knowledge import KnowledgeBase
 
 SEND_TO_HELPDESK = "Send to the helpdesk"
+QUESTION_MISSING = "Write your question for the requester first."
+ANSWER_MISSING = "Write your answer first."
 
 
 class TicketView(Protocol):
@@ -66,18 +70,13 @@ def escalation_card(thread_id: str, article_id: str | None, origin_id: str | Non
         "Anything to add, like what you have already tried? (optional)",
         clip=False,
     )
-    d.body.append(
-        InputText(
-            id="note",
-            placeholder="What have you tried? (optional)",
-            max_length=MAX_NOTE_CHARS,
-            is_multiline=True,
-        )
+    d.form(
+        FileTicketData,
+        {"thread_id": thread_id, "article_id": article_id, "origin_id": origin_id},
+        {"note": Prompt("What have you tried? (optional)")},
+        title=SEND_TO_HELPDESK,
+        positive=True,
     )
-    # The note arrives from the "note" input, merged into this data by the client.
-    data = FileTicketData(thread_id=thread_id, article_id=article_id, origin_id=origin_id).to_data()
-    data.pop("note")
-    d.actions.append(ActionSubmit(title=SEND_TO_HELPDESK, style="positive", data=data))
     return d.message(footer="Use the card to add a note and send it to the helpdesk.")
 
 
@@ -113,47 +112,39 @@ def ticket_card(ticket: TicketView, kb: KnowledgeBase) -> OutgoingMessage:
             d.bullets(lines[-min(TRANSCRIPT_LINES, budget.items) :], noun="line")
         d.submit("Claim", ClaimData(number=ticket.number), positive=True)
         d.actions.append(
-            ActionShowCard(
-                title="Resolve",
-                card=AdaptiveCard(
-                    body=(
-                        InputText(
-                            id="resolution",
-                            placeholder="What fixed it? (sent to the requester)",
-                            is_multiline=True,
-                            max_length=MAX_NOTE_CHARS,
-                        ),
-                    ),
-                    actions=(
-                        ActionSubmit(title="Resolve", data={"verb": "resolve", "number": ticket.number}),
-                    ),
-                ),
+            _show_form(
+                "Resolve",
+                ResolveData,
+                {"number": ticket.number},
+                {"resolution": Prompt("What fixed it? (sent to the requester)")},
+                submit="Resolve",
             )
         )
         d.actions.append(
-            ActionShowCard(
-                title="Ask for info",
-                card=AdaptiveCard(
-                    body=(
-                        InputText(
-                            id="question",
-                            placeholder="Your question for the requester",
-                            is_multiline=True,
-                            max_length=MAX_NOTE_CHARS,
-                        ),
-                    ),
-                    actions=(
-                        ActionSubmit(
-                            title="Send question",
-                            data={"verb": "ask_info", "number": ticket.number},
-                        ),
-                    ),
-                ),
+            _show_form(
+                "Ask for info",
+                AskInfoData,
+                {"number": ticket.number},
+                {"question": Prompt("Your question for the requester", error=QUESTION_MISSING)},
+                submit="Send question",
             )
         )
         return d.message(footer="Claim, resolve or ask for info with the buttons on the card.")
 
     return fit(compose)
+
+
+def _show_form(
+    title: str,
+    payload: type[Payload],
+    values: Mapping[str, Any],
+    prompts: Mapping[str, Prompt],
+    *,
+    submit: str,
+) -> ActionShowCard:
+    """A button that unfolds the payload's inputs with their own submit button."""
+    inputs, button = form(payload, values, prompts, title=submit)
+    return ActionShowCard(title=title, card=AdaptiveCard(body=inputs, actions=(button,)))
 
 
 def ticket_filed_card(ticket: TicketView, thread_id: str, helpdesk_reachable: bool) -> OutgoingMessage:
@@ -177,13 +168,13 @@ def info_request_card(ticket: TicketView, asker: str, question: str, thread_id: 
     d = Draft()
     d.heading(f"{_user(asker, 60)} from the helpdesk asks about {ticket.number}")
     d.para(f"“{_user(question, 800)}”", clip=False)
-    d.body.append(
-        InputText(id="answer", placeholder="Your answer", is_multiline=True, max_length=MAX_NOTE_CHARS)
+    d.form(
+        AnswerInfoData,
+        {"number": ticket.number, "thread_id": thread_id},
+        {"answer": Prompt("Your answer", error=ANSWER_MISSING)},
+        title="Send answer",
+        positive=True,
     )
-    d.submit(
-        "Send answer", AnswerInfoData(number=ticket.number, thread_id=thread_id, answer="-"), positive=True
-    )
-    # The answer comes from the input; the "-" above only satisfies the model and is overwritten by it.
     return d.message(footer="Answer with the card, or reply here.")
 
 
