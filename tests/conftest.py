@@ -13,6 +13,8 @@ pytest_plugins = ["tests.fakewebex"]
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWLEDGE_DIR = ROOT / "knowledge"
+# The steering repo's shared/ sits next to the checkout; a git worktree is one directory deeper.
+SHARED = next((p / "shared" for p in ROOT.parents if (p / "shared").is_dir()), ROOT.parent / "shared")
 
 
 @pytest.fixture(scope="session")

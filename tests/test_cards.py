@@ -7,8 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
@@ -17,21 +16,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bot import cards
-from bot.cardmodels import (
-    ActionOpenUrl,
-    ActionShowCard,
-    ActionSubmit,
-    AdaptiveCard,
-    Column,
-    ColumnSet,
-    Container,
-    Fact,
-    FactSet,
-    InputText,
-    RichTextBlock,
-    TextBlock,
-    TextRun,
-)
 from bot.cards import (
     ADMIN_NOTE,
     CARD_CONTENT_TYPE,
@@ -45,7 +29,6 @@ from bot.cards import (
     body_bytes,
     build,
     clarify_card,
-    error_message,
     escape_user_text,
     feedback_ack,
     fix_card,
@@ -55,10 +38,25 @@ from bot.cards import (
     refusal,
     setup_guide_card,
 )
+from bot.cards.draft import Draft, Prompt, form
+from bot.cards.elements import (
+    ActionOpenUrl,
+    ActionShowCard,
+    ActionSubmit,
+    AdaptiveCard,
+    Container,
+    Fact,
+    FactSet,
+    InputText,
+    TextBlock,
+)
+from bot.cards.submit import AnswerInfoData, AskInfoData, FileTicketData, SubmitData
 from bot.knowledge import Article, KnowledgeBase, Step
 from bot.triage import Match, TriageIndex, TriageResult, triage
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "adaptive-card-1.3.schema.json"
+from .conftest import SHARED
+
+SCHEMA_PATH = SHARED / "reference" / "adaptive-card-1.3.schema.json"
 # Realistic Webex ids: base64 of ciscospark://us/MESSAGE/<uuid> and ciscospark://us/ROOM/<uuid>.
 THREAD = "Y2lzY29zcGFyazovL3VzL01FU1NBR0UvOTJkYjNiZTAtNDNiZC0xMWU2LThhZTktZGQ1YjNkZmM1NjVk"
 ROOM = "Y2lzY29zcGFyazovL3VzL1JPT00vYmJjZWIxYWQtNDNmMS0zYjU4LTkxNDctZjE0YmIwYzRkMTU0"
@@ -182,7 +180,6 @@ def all_messages(kb: KnowledgeBase, index: TriageIndex) -> list[tuple[str, Outgo
         ("feedback yes", feedback_ack(True, kb)),
         ("feedback no", feedback_ack(False, kb)),
         ("refusal", refusal("I only help people in example.com.")),
-        ("error", error_message()),
     ]
     return out
 
@@ -399,8 +396,6 @@ def test_text_only_replies(kb: KnowledgeBase) -> None:
     assert thanks.card is None and sorry.card is None
     assert "Thanks" in thanks.markdown and "helpdesk.example.com" not in thanks.markdown
     assert "Sorry" in sorry.markdown and kb.links["helpdesk-portal"].url in sorry.markdown
-    oops = error_message()
-    assert oops.card is None and "saved" in oops.markdown and "try again" in oops.markdown
     no = refusal("I only help people at example.com.")
     assert (no.markdown, no.card) == ("I only help people at example.com.", None)
     assert body_bytes(refusal("x" * 20_000).to_webex(ROOM)) <= MAX_BODY_BYTES
@@ -571,10 +566,8 @@ def test_models_serialize_to_schema_valid_camel_case_json(validator: jsonschema.
         schema_url="http://adaptivecards.io/schemas/adaptive-card.json",
         body=(
             TextBlock(text="Hi", is_subtle=True, max_lines=2, horizontal_alignment="center", color="accent"),
-            RichTextBlock(inlines=(TextRun(text="bold", weight="bolder"),)),
             FactSet(facts=(Fact(title="Code", value="1000:1"),)),
             Container(style="emphasis", items=(InputText(id="details", is_multiline=True, max_length=500),)),
-            ColumnSet(columns=(Column(width="auto", items=(TextBlock(text="1."),)), Column(width="stretch"))),
         ),
         actions=(
             ActionSubmit(title="Send", data={"verb": "x"}, style="positive"),
@@ -585,8 +578,8 @@ def test_models_serialize_to_schema_valid_camel_case_json(validator: jsonschema.
     data = card.to_dict()
     assert not schema_errors(validator, data)
     assert data["$schema"].startswith("http") and data["body"][0]["isSubtle"] is True
-    assert data["body"][0]["maxLines"] == 2 and data["body"][3]["items"][0]["isMultiline"] is True
-    assert "color" not in data["body"][2] and "id" not in data["body"][0], "None is dropped"
+    assert data["body"][0]["maxLines"] == 2 and data["body"][2]["items"][0]["isMultiline"] is True
+    assert "color" not in data["body"][1] and "id" not in data["body"][0], "None is dropped"
     assert AdaptiveCard.model_validate(data) == card
 
 
@@ -744,3 +737,60 @@ def test_escalation_and_requester_cards_round_trip() -> None:
     assert parse_submit(answer | {"answer": "the Mac"}) == cards.AnswerInfoData(
         number="HD-1042", thread_id=THREAD, answer="the Mac"
     )
+    assert parse_submit(answer) is None, "the button alone is no answer"
+
+
+PAYLOADS = {p.model_fields["verb"].default: p for p in get_args(get_args(SubmitData)[0])}
+
+
+def test_inputs_are_the_fields_their_submit_takes_from_inputs_and_blank_ones_are_asked_for(
+    kb: KnowledgeBase,
+) -> None:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, message in ticket_messages(kb):
+        for card in nested_cards(message.card or {}):
+            inputs = {n["id"]: n for n in walk(card.get("body", [])) if n.get("type") == "Input.Text"}
+            for action in card.get("actions", []):
+                if action["type"] != "Action.Submit":
+                    continue
+                data, fields = action["data"], PAYLOADS[action["data"]["verb"]].input_fields()
+                assert inputs.keys() == fields.keys(), name
+                assert not data.keys() & fields.keys(), "inputs fill these, not the button"
+                filled = data | {f: "x" for f in fields}
+                assert parse_submit(filled) is not None, name
+                for field, element in inputs.items():
+                    blank_refused = parse_submit(filled | {field: ""}) is None
+                    assert element.get("isRequired", False) == blank_refused, (name, field)
+                    assert bool(element.get("errorMessage")) == blank_refused, (name, field)
+                    limit = element["maxLength"]
+                    assert parse_submit(filled | {field: "x" * limit}) is not None, (name, field)
+                    assert parse_submit(filled | {field: "x" * (limit + 1)}) is None, (name, field)
+                    seen[data["verb"], field] = element
+    assert sorted(seen) == [
+        ("answer_info", "answer"),
+        ("ask_info", "question"),
+        ("file_ticket", "note"),
+        ("resolve", "resolution"),
+    ]
+    assert sorted(f for (_, f), e in seen.items() if e.get("isRequired")) == ["answer", "question"]
+
+
+def test_forms_refuse_inputs_that_do_not_match_their_payload() -> None:
+    values = {"number": "HD-1", "thread_id": THREAD}
+    answer = {"answer": Prompt("Your answer", error="Write your answer first.")}
+    inputs, button = form(AnswerInfoData, values, answer, title="Send")
+    assert [i.id for i in inputs] == ["answer"] and button.data == {"verb": "answer_info", **values}
+    with pytest.raises(ValueError, match="takes"):
+        form(AnswerInfoData, values, {"reply": answer["answer"]}, title="Send")  # not a payload field
+    with pytest.raises(ValueError, match="takes"):
+        form(AnswerInfoData, values, {}, title="Send")
+    with pytest.raises(ValueError, match="error message"):
+        form(AnswerInfoData, values, {"answer": Prompt("Your answer")}, title="Send")
+    with pytest.raises(ValidationError):
+        form(AnswerInfoData, values | {"answer": "-"}, answer, title="Send")  # the input fills it
+    with pytest.raises(ValidationError):
+        form(AnswerInfoData, {"number": "HD-1"}, answer, title="Send")  # thread_id is missing
+    with pytest.raises(ValidationError):
+        form(FileTicketData, {"thread_id": "<@all>"}, {"note": Prompt("Note")}, title="Send")
+    with pytest.raises(ValueError, match="form"):
+        Draft().submit("Ask", AskInfoData(number="HD-1", question="which laptop?"))

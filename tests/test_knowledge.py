@@ -10,9 +10,9 @@ import pytest
 
 from bot.knowledge import KnowledgeBase, KnowledgeError, diff_knowledge, load_knowledge
 
-from .conftest import KNOWLEDGE_DIR, ROOT
+from .conftest import KNOWLEDGE_DIR, SHARED
 
-SEED = ROOT.parent / "shared" / "seed" / "webex-okta-saml-and-error-codes.txt"
+SEED = SHARED / "seed" / "webex-okta-saml-and-error-codes.txt"
 CONTRACT_IDS = {
     "okta-saml-setup",
     "saml-attributes",

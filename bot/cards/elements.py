@@ -70,25 +70,6 @@ class TextBlock(_Element):
     max_lines: Annotated[int, Field(ge=1)] | None = None
 
 
-class TextRun(CardModel):
-    type: Literal["TextRun"] = "TextRun"
-    text: str
-    color: Color | None = None
-    weight: FontWeight | None = None
-    size: FontSize | None = None
-    is_subtle: bool | None = None
-    italic: bool | None = None
-    strikethrough: bool | None = None
-    highlight: bool | None = None
-    underline: bool | None = None
-
-
-class RichTextBlock(_Element):
-    type: Literal["RichTextBlock"] = "RichTextBlock"
-    inlines: tuple[TextRun, ...]
-    horizontal_alignment: HorizontalAlignment | None = None
-
-
 class Fact(CardModel):
     title: str
     value: str
@@ -104,24 +85,6 @@ class Container(_Element):
     items: tuple[Element, ...]
     style: ContainerStyle | None = None
     vertical_content_alignment: VerticalContentAlignment | None = None
-
-
-class Column(CardModel):
-    type: Literal["Column"] = "Column"
-    id: str | None = None
-    items: tuple[Element, ...] = ()
-    # "auto", "stretch", a pixel width like "50px", or a relative weight.
-    width: str | int | None = None
-    style: ContainerStyle | None = None
-    spacing: Spacing | None = None
-    separator: bool | None = None
-    vertical_content_alignment: VerticalContentAlignment | None = None
-
-
-class ColumnSet(_Element):
-    type: Literal["ColumnSet"] = "ColumnSet"
-    columns: tuple[Column, ...] = ()
-    horizontal_alignment: HorizontalAlignment | None = None
 
 
 class InputText(_Element):
@@ -140,7 +103,7 @@ class InputText(_Element):
 
 
 Element = Annotated[
-    TextBlock | RichTextBlock | FactSet | Container | ColumnSet | InputText,
+    TextBlock | FactSet | Container | InputText,
     Field(discriminator="type"),
 ]
 
@@ -204,15 +167,12 @@ class AdaptiveCard(CardModel):
 
 
 def iter_elements(elements: tuple[Element, ...]) -> Iterator[Element]:
-    """Every element, depth first, including those inside containers and columns."""
+    """Every element, depth first, including those inside containers."""
     for element in elements:
         yield element
         if isinstance(element, Container):
             yield from iter_elements(element.items)
-        elif isinstance(element, ColumnSet):
-            for column in element.columns:
-                yield from iter_elements(column.items)
 
 
-for _model in (Container, Column, ColumnSet, ActionShowCard, AdaptiveCard):
+for _model in (Container, ActionShowCard, AdaptiveCard):
     _model.model_rebuild()
