@@ -232,7 +232,7 @@ def test_every_submit_parses_to_its_verb_and_thread(
             parsed = parse_submit(dict(data))
             assert parsed is not None, (name, data)
             assert parsed.verb == data["verb"], name
-            assert parsed.thread_id == THREAD, name
+            assert getattr(parsed, "thread_id", None) == THREAD, name
             assert len(json.dumps(data)) < 200, "payloads stay small"
             if isinstance(parsed, FeedbackData | ShowData):
                 assert parsed.article_id in kb.articles, name

@@ -84,7 +84,7 @@ def test_reply_parent() -> None:
 def test_every_route_kind_and_every_submit_type_has_a_handler() -> None:
     from typing import get_args
 
-    from bot.cards import SubmitData
+    from bot.cards.submit import SubmitData
     from bot.handlers import commands, submits
     from bot.routing import RouteKind
 

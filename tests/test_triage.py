@@ -215,7 +215,7 @@ def test_quality_bar(
     hits = 0
     for r in in_scope:
         result = triage(str(r["text"]), index)
-        hits += bool(result.confident and result.matches and result.matches[0].id in r["expect"])  # type: ignore[operator]
+        hits += bool(result.confident and result.matches and result.matches[0].id in r["expect"])
     false_confident = sum(triage(str(r["text"]), index).confident for r in out_scope)
     top1 = hits / len(in_scope)
     oos = false_confident / len(out_scope)
