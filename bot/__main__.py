@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import ValidationError
 
 from bot.config import Settings, describe_settings_error
+from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
-from bot.triage import TriageIndex, TriageResult, triage
+from bot.triage import LANGS, TriageResult, message_language, triage
 
 if TYPE_CHECKING:  # the commands import the store lazily: `ask` starts without SQLAlchemy
     from bot.store import Store
@@ -71,20 +72,22 @@ def format_answer(result: TriageResult, kb: KnowledgeBase) -> str:
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    kb = _load(settings)
-    index = TriageIndex.build(kb)
+    knowledge = Knowledge.build(_load(settings))
+
+    def ask(text: str) -> str:
+        # The language asked for, else the message's own, else the configured default.
+        lang = args.lang or message_language(text, knowledge.index) or settings.default_language
+        result = triage(text, knowledge.index_for(lang))
+        if args.json:
+            return json.dumps({**result.to_json(), "lang": lang}, ensure_ascii=False)
+        return format_answer(result, knowledge.kb_for(lang))
+
     if args.text == "-":
         # One message per line in, one JSON object (or answer) per line out: a stable pipe contract.
         for line in sys.stdin:
-            text = line.rstrip("\n")
-            result = triage(text, index)
-            if args.json:
-                print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
-            else:
-                print(format_answer(result, kb) + "\n", flush=True)
+            print(ask(line.rstrip("\n")) + ("" if args.json else "\n"), flush=True)
         return EXIT_OK
-    result = triage(args.text, index)
-    print(json.dumps(result.to_json(), ensure_ascii=False) if args.json else format_answer(result, kb))
+    print(ask(args.text))
     return EXIT_OK
 
 
@@ -102,6 +105,14 @@ def cmd_knowledge_check(args: argparse.Namespace, settings: Settings) -> int:
         kinds[article.kind] = kinds.get(article.kind, 0) + 1
     summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
     print(f"{directory}: OK: {len(kb.articles)} articles ({summary}), {len(kb.links)} links")
+    for lang in kb.languages[1:]:
+        done = sum(lang in a.translations for a in kb.articles.values())
+        print(f"  {lang}: {done} of {len(kb.articles)} articles translated")
+    if kb.warnings:
+        # Not errors: the bot runs, and answers in English where a translation is missing or stale.
+        print(f"{len(kb.warnings)} warning(s):")
+        for warning in kb.warnings:
+            print(f"  {warning}")
     return EXIT_OK
 
 
@@ -246,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("text", help='the message, or "-" to read one message per line from stdin')
     ask.add_argument(
         "--json", action="store_true", help="print JSON: {matches: [{id, score}], confident, ...}"
+    )
+    ask.add_argument(
+        "--lang", choices=LANGS, help="triage and answer in this language instead of the message's own"
     )
     ask.set_defaults(func=cmd_ask)
 

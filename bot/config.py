@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     webex_api_url: AnyHttpUrl = AnyHttpUrl("https://webexapis.com/v1")
     public_url: AnyHttpUrl | None = None
     helpdesk_room_id: str | None = None
+    # The language answers are in when a message does not say (too short to tell, and none before it).
+    default_language: Literal["en", "de", "fr", "es", "pt", "it"] = "en"
     database_url: str = "sqlite:///./helpdesk-bot.db"
     admin_emails: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_email_domains: Annotated[tuple[str, ...], NoDecode] = ()

@@ -16,7 +16,7 @@ from bot.knowledge import KnowledgeBase
 from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
 from bot.store import InboxEvent, Store, StoreUnavailable
-from bot.triage import TriageIndex
+from bot.triage import LANGS, TriageIndex
 from bot.webex import WebexError, WebexMaybePosted
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,24 @@ class MembershipCache:
 
 @dataclass(slots=True)
 class Knowledge:
-    """The current knowledge and its index; replaced whole on reload so readers never see half of one."""
+    """The current knowledge, its index and its views per language; replaced whole on reload so readers
+    never see half of one."""
 
     kb: KnowledgeBase
-    index: TriageIndex
+    index: TriageIndex  # English
+    indexes: dict[str, TriageIndex] = field(default_factory=dict)
+    views: dict[str, KnowledgeBase] = field(default_factory=dict)
 
     @classmethod
     def build(cls, kb: KnowledgeBase) -> Knowledge:
-        return cls(kb, TriageIndex.build(kb))
+        indexes: dict[str, TriageIndex] = {lang: TriageIndex.build(kb, lang=lang) for lang in LANGS}
+        return cls(kb, indexes["en"], indexes, {lang: kb.in_language(lang) for lang in LANGS})
+
+    def index_for(self, lang: str) -> TriageIndex:
+        return self.indexes.get(lang, self.index)
+
+    def kb_for(self, lang: str) -> KnowledgeBase:
+        return self.views.get(lang, self.kb)
 
 
 @dataclass(slots=True)
@@ -98,6 +108,17 @@ class BotContext:
     # Replies posted by this process, by event: if recording one in the database fails, the retry of the
     # event still knows not to post it again.
     posted: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # The language each person last wrote in, per room: a short "ja" or "merci" keeps the conversation's.
+    languages: OrderedDict[tuple[str, str], str] = field(default_factory=OrderedDict)
+
+    def remember_language(self, room_id: str, person_id: str, lang: str) -> None:
+        self.languages[(room_id, person_id)] = lang
+        self.languages.move_to_end((room_id, person_id))
+        while len(self.languages) > MAX_SETUP_PAGES:
+            self.languages.popitem(last=False)
+
+    def language_of(self, room_id: str, person_id: str) -> str:
+        return self.languages.get((room_id, person_id), self.settings.default_language)
 
     def remember_posted(self, event_id: str, message_id: str) -> None:
         self.posted[event_id] = message_id

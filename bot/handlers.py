@@ -23,7 +23,7 @@ from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
-from bot.triage import TriageResult, triage
+from bot.triage import TriageResult, asked_language, message_language, triage
 from bot.webex import WebexNotFound
 
 __all__ = ["BotContext", "Knowledge", "WebexAPI", "handle_event", "tell_failure"]
@@ -115,6 +115,15 @@ commands: Router[RouteKind, Command] = Router()
 
 async def answer(text: str, message: Message, ctx: BotContext) -> Reply:
     """Route one message to its reply."""
+    asked = asked_language(text)
+    if asked is not None:
+        # "in English please", "auf Deutsch": answers from now on are in that language.
+        ctx.remember_language(message.room_id, message.person_id, asked)
+        admin = ctx.settings.is_admin(message.person_email)
+        kb = ctx.knowledge.kb_for(asked)
+        return Reply(
+            cards.help_card(kb, admin, thread_id=_thread(message), admin_commands=ADMIN_COMMANDS), "help"
+        )
     r = route(text)
     handler = commands.get(r.kind)
     assert handler is not None, f"no handler for {r.kind!r}"  # test_every_route_kind_has_a_handler holds this
@@ -127,8 +136,12 @@ def _thread(message: Message) -> str:
 
 @commands.register("triage")
 async def on_triage(r: Route, message: Message, ctx: BotContext) -> Reply:
-    result = triage(r.text, ctx.knowledge.index)
-    card = cards.build(result, ctx.knowledge.kb, _thread(message), r.text, message.id)
+    knowledge = ctx.knowledge
+    # The message's own language, else the conversation's: "ja, immer noch" is too short to tell.
+    lang = message_language(r.text, knowledge.index) or ctx.language_of(message.room_id, message.person_id)
+    ctx.remember_language(message.room_id, message.person_id, lang)
+    result = triage(r.text, knowledge.index_for(lang))
+    card = cards.build(result, knowledge.kb_for(lang), _thread(message), r.text, message.id)
     return Reply(card, f"triage-{result.outcome}", result)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ SETUP_FILE = "setup.toml"
 LINKS_FILE = "links.toml"
 SCOPE_FILE = "scope.toml"
 WORDS_FILE = "words.toml"
+TRANSLATIONS_DIR = "i18n"  # i18n/<lang>.toml: the articles in another language
 KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FILE, WORDS_FILE)
 # A word as triage sees it after normalisation: lower case letters and digits. A form is words with single spaces.
 _WORD = r"[a-z0-9]+"
@@ -102,9 +104,7 @@ class ScopeFile(_Strict):
     out_of_scope: tuple[NonEmpty, ...] = ()
 
 
-class WordLists(_Strict):
-    """Triage's word lists (words.toml): the file's shape is also what the bot reads."""
-
+class _Words(_Strict):
     webex_words: tuple[Word, ...] = ()
     stopwords: tuple[Word, ...] = ()
     synonyms: dict[WordForm, tuple[WordForm, ...]] = Field(default_factory=dict)
@@ -119,6 +119,43 @@ class WordLists(_Strict):
                 if owner.setdefault(form, canonical) != canonical:
                     raise ValueError(f"{form!r} is listed under both {owner[form]!r} and {canonical!r}")
         return table
+
+
+class LanguageWords(_Words):
+    """A language's own lists ([lang.de] ...), used on top of the English ones for messages in it."""
+
+    out_of_scope: tuple[WordForm, ...] = ()
+
+
+class WordLists(_Words):
+    """Triage's word lists (words.toml): the file's shape is also what the bot reads."""
+
+    lang: dict[Annotated[str, Field(pattern=r"^[a-z]{2}$")], LanguageWords] = Field(default_factory=dict)
+
+
+class StepTranslationFile(_Strict):
+    title: NonEmpty
+    detail: NonEmpty
+    warning: NonEmpty | None = None
+
+
+class ArticleTranslationFile(_Strict):
+    id: ArticleId
+    # The English text's fingerprint when this was translated: a different one now means the English changed.
+    source: str | None = None
+    title: NonEmpty
+    summary: NonEmpty
+    steps: tuple[NonEmpty, ...] = ()
+    step: tuple[StepTranslationFile, ...] = ()  # the setup guide's steps
+    message: NonEmpty | None = None
+    phrases: tuple[NonEmpty, ...] = ()
+
+
+class TranslationFile(_Strict):
+    article: tuple[ArticleTranslationFile, ...] = ()
+    links: dict[str, NonEmpty] = Field(default_factory=dict)
+    # How a person says, in this language, the things scope.toml lists (other products, meeting audio...).
+    out_of_scope: tuple[NonEmpty, ...] = ()
 
 
 # --- What the rest of the bot sees ---------------------------------------------------------------
@@ -136,6 +173,18 @@ class Link(BaseModel):
     id: str
     title: str
     url: str
+
+
+class ArticleText(BaseModel):
+    """An article's words in one language other than English."""
+
+    model_config = ConfigDict(frozen=True)
+    title: str
+    summary: str
+    # Empty when the translation's steps don't line up with the English ones: the card then shows English steps.
+    steps: tuple[Step, ...] = ()
+    message: str | None = None
+    phrases: tuple[str, ...] = ()
 
 
 class Article(BaseModel):
@@ -158,6 +207,9 @@ class Article(BaseModel):
     message: str | None = None
     # The setup guide only: ids of the setup notes that belong to it.
     notes: tuple[str, ...] = ()
+    # By ISO 639-1 code; English is the article itself.
+    translations: dict[str, ArticleText] = Field(default_factory=dict)
+    lang: str = "en"  # the language this copy's words are in (in_language sets it)
 
     @field_validator("steps")
     @classmethod
@@ -170,6 +222,29 @@ class Article(BaseModel):
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
+    @property
+    def source_fingerprint(self) -> str:
+        """Of the English words a translation renders: what makes a translation stale when it changes."""
+        english = self.model_dump_json(include={"title", "summary", "steps", "message"})
+        return hashlib.sha256(english.encode()).hexdigest()[:12]
+
+    def in_language(self, lang: str) -> tuple[Article, bool]:
+        """This article's text in `lang`, and whether it is really in `lang` (False: English as a fallback)."""
+        text = self.translations.get(lang)
+        if text is None:
+            return self, lang == "en"
+        if not text.steps:
+            return self, False  # title and summary alone over English steps would read worse than English
+        update: dict[str, Any] = {
+            "title": text.title,
+            "summary": text.summary,
+            "steps": text.steps,
+            "lang": lang,
+        }
+        if text.message:
+            update["message"] = text.message
+        return self.model_copy(update=update), True
+
 
 class KnowledgeBase(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -177,10 +252,31 @@ class KnowledgeBase(BaseModel):
     links: dict[str, Link]
     out_of_scope: tuple[str, ...] = ()
     words: WordLists = WordLists()
+    # Per language: the link titles and the out-of-scope markers of i18n/<lang>.toml.
+    link_titles: dict[str, dict[str, str]] = Field(default_factory=dict)
+    out_of_scope_by_lang: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    languages: tuple[str, ...] = ("en",)
+    # Problems that don't stop the bot (a missing or stale translation): `knowledge check` lists them.
+    warnings: tuple[str, ...] = ()
     source: str = ""
 
     def article(self, article_id: str) -> Article | None:
         return self.articles.get(article_id)
+
+    def in_language(self, lang: str) -> KnowledgeBase:
+        """The same knowledge with each article's words in `lang` where translated (English where not)."""
+        if lang == "en":
+            return self
+        titles = self.link_titles.get(lang, {})
+        return self.model_copy(
+            update={
+                "articles": {i: a.in_language(lang)[0] for i, a in self.articles.items()},
+                "links": {
+                    i: link.model_copy(update={"title": titles.get(i, link.title)})
+                    for i, link in self.links.items()
+                },
+            }
+        )
 
     def resolve_links(self, link_ids: Iterable[str]) -> list[Link]:
         return [self.links[i] for i in link_ids if i in self.links]
@@ -398,14 +494,107 @@ def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | No
         word_lists = WordLists.model_validate(docs[WORDS_FILE] or {})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, WORDS_FILE, ""))
+    warnings: list[Problem] = []
+    translated = _read_translations(root / TRANSLATIONS_DIR, articles, links, problems, warnings)
     if problems:
         raise KnowledgeError(problems)
+    by_id = {a.id: a for a in articles}
+    for lang, doc in translated.items():
+        for entry in doc.article:
+            article = by_id[entry.id]
+            by_id[entry.id] = article.model_copy(
+                update={
+                    "translations": {
+                        **article.translations,
+                        lang: _article_text(article, entry, lang, warnings),
+                    }
+                }
+            )
     return KnowledgeBase(
-        articles={a.id: a for a in articles},
+        articles=by_id,
         links=links,
         out_of_scope=scope.out_of_scope,
         words=word_lists,
+        link_titles={lang: dict(doc.links) for lang, doc in translated.items()},
+        out_of_scope_by_lang={lang: doc.out_of_scope for lang, doc in translated.items()},
+        languages=("en", *translated),
+        warnings=tuple(map(str, warnings)),
         source=str(root),
+    )
+
+
+def _read_translations(
+    folder: Path,
+    articles: list[Article],
+    links: Mapping[str, Link],
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> dict[str, TranslationFile]:
+    """i18n/<lang>.toml for each language there is; broken files are problems, gaps only warnings."""
+    out: dict[str, TranslationFile] = {}
+    if not folder.is_dir():
+        return out
+    ids = {a.id for a in articles}
+    for path in sorted(folder.glob("*.toml")):
+        lang, file = path.stem, f"{TRANSLATIONS_DIR}/{path.name}"
+        if not re.fullmatch(r"[a-z]{2}", lang) or lang == "en":
+            problems.append(
+                Problem(file, "", "", "a translation file is named by a two-letter language code, not en")
+            )
+            continue
+        doc = _read_toml(path, problems)
+        if doc is None:
+            continue
+        try:
+            parsed = TranslationFile.model_validate(doc)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, file, ""))
+            continue
+        seen: set[str] = set()
+        for entry in parsed.article:
+            if entry.id not in ids:
+                problems.append(Problem(file, entry.id, "id", "no such article in the English knowledge"))
+            elif entry.id in seen:
+                problems.append(Problem(file, entry.id, "id", "translated twice"))
+            seen.add(entry.id)
+        for link_id in parsed.links.keys() - links.keys():
+            problems.append(Problem(file, link_id, "links", "no such link id in links.toml"))
+        for article in articles:
+            if article.id not in seen:
+                warnings.append(Problem(file, article.id, "", "not translated: the bot answers in English"))
+        out[lang] = parsed
+    return out
+
+
+def _article_text(
+    article: Article, entry: ArticleTranslationFile, lang: str, warnings: list[Problem]
+) -> ArticleText:
+    file = f"{TRANSLATIONS_DIR}/{lang}.toml"
+    if entry.source is not None and entry.source != article.source_fingerprint:
+        warnings.append(
+            Problem(
+                file,
+                article.id,
+                "source",
+                f"stale: the English changed since (now {article.source_fingerprint})",
+            )
+        )
+    if article.kind == "setup-guide":
+        steps = tuple(Step(text=s.detail, title=s.title, warning=s.warning) for s in entry.step)
+    else:
+        steps = tuple(Step(text=s) for s in entry.steps)
+    if len(steps) != len(article.steps):
+        warnings.append(
+            Problem(
+                file,
+                article.id,
+                "steps",
+                f"{len(steps)} steps for the English {len(article.steps)}: the card shows the English steps",
+            )
+        )
+        steps = ()
+    return ArticleText(
+        title=entry.title, summary=entry.summary, steps=steps, message=entry.message, phrases=entry.phrases
     )
 
 

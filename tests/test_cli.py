@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -65,9 +66,7 @@ def test_knowledge_check_ok_and_broken(tmp_path: Path) -> None:
     ok = run("knowledge", "check")
     assert ok.returncode == 0 and "OK" in ok.stdout
     broken = tmp_path / "k"
-    broken.mkdir()
-    for f in KNOWLEDGE_DIR.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(KNOWLEDGE_DIR, broken)
     (broken / "errors.toml").write_text(
         (broken / "errors.toml").read_text().replace('category = "sso"', 'category = "magic"', 1)
     )

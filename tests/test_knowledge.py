@@ -171,3 +171,47 @@ def test_the_word_lists_reach_triage(kb: KnowledgeBase) -> None:
     lexicon = Lexicon.from_words(kb.words)
     assert "webex" in lexicon.webex_words and "the" in lexicon.stopwords
     assert lexicon.content_tokens("i cant log in".split()) == ["cannot", "signin"]
+
+
+def test_translations_carry_an_articles_words_and_fall_back_honestly(kb: KnowledgeBase) -> None:
+    assert {"fr", "es"} <= set(kb.languages)
+    article, translated = kb.articles["blank-screen"].in_language("es")
+    assert translated and article.lang == "es" and article.title != kb.articles["blank-screen"].title
+    assert len(article.steps) == len(kb.articles["blank-screen"].steps)
+    english, translated = kb.articles["blank-screen"].in_language("xx")
+    assert not translated and english.lang == "en"
+    view = kb.in_language("fr")
+    assert view.articles["1000:1002"].lang == "fr" and kb.articles["1000:1002"].lang == "en"
+
+
+def test_missing_stale_and_misaligned_translations_are_warnings_not_errors(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    fr = folder / "i18n" / "fr.toml"
+    text = fr.read_text()
+    # 1000:1 loses its entry, 1000:2's English "changes" (its fingerprint no longer matches), and
+    # blank-screen's steps no longer line up with the English ones.
+    start = text.index('[[article]]\nid = "1000:1"')
+    text = text[:start] + text[text.index("[[article]]", start + 10) :]
+    text = re.sub(r'(id = "1000:2"\nsource = )"[0-9a-f]+"', r'\1"000000000000"', text)
+    text = re.sub(
+        r'(id = "blank-screen"\nsource = "[0-9a-f]+"\n(?:.*\n)*?steps = \[)', r'\1"extra",', text, count=1
+    )
+    fr.write_text(text)
+    kb = load_knowledge(folder)
+    warnings = "\n".join(kb.warnings)
+    assert "i18n/fr.toml: 1000:1: not translated" in warnings
+    assert "i18n/fr.toml: 1000:2: source: stale" in warnings
+    assert "i18n/fr.toml: blank-screen: steps:" in warnings
+    assert not kb.articles["blank-screen"].in_language("fr")[1]  # English steps, said so
+
+
+def test_a_broken_translation_file_is_an_error(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    (folder / "i18n" / "fr.toml").write_text(
+        '[[article]]\nid = "no-such-article"\ntitle = "x"\nsummary = "y"\n'
+    )
+    (folder / "i18n" / "english.toml").write_text("")
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    found = {(p.file, p.entry) for p in info.value.problems}
+    assert ("i18n/fr.toml", "no-such-article") in found and ("i18n/english.toml", "") in found

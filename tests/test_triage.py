@@ -228,11 +228,15 @@ def test_pruned_search_gives_the_exhaustive_answers(kb: KnowledgeBase, index: Tr
     # no outcome and no best answer against scoring every phrase the message touches.
     exhaustive = TriageIndex.build(kb, common_share=2.0)
     assert index.posting_sets and not exhaustive.posting_sets
-    texts = [str(r["text"]) for name in sorted(DATA.glob("triage_*.jsonl")) for r in _load(name.name)]
+    # The sealed sets stay unread until their one measurement (bench/quality.py --sealed).
+    sets = [p for p in sorted(DATA.glob("triage_*.jsonl")) if not p.name.endswith("_sealed.jsonl")]
+    texts = [str(r["text"]) for path in sets for r in _load(path.name)]
     assert len(texts) > 1000
     for text in texts:
         pruned, full = triage(text, index), triage(text, exhaustive)
-        assert (pruned.outcome, pruned.matches[:1]) == (full.outcome, full.matches[:1]), text
+        # The best answer and its score; the twins listed beside it may differ in the long tail.
+        best = [(m.id, m.score, m.evidence) for m in pruned.matches[:1]]
+        assert (pruned.outcome, best) == (full.outcome, [(m.id, m.score, m.evidence) for m in full.matches[:1]]), text
 
 
 @pytest.mark.parametrize(

@@ -67,16 +67,25 @@ class TriageIndex:
     family: dict[str, str] = field(default_factory=dict)  # setup note id -> its guide id
     message_words: dict[str, frozenset[str]] = field(default_factory=dict)  # an error's message, as words
     min_info: float = 1.0  # the idf mass a phrase needs before its full coverage counts as an answer
+    # The catalogue's English error texts, casefolded: pasted into a message in any language, they say nothing
+    # about the language it is written in.
+    english_messages: tuple[str, ...] = ()
+
+    @property
+    def lang(self) -> str:
+        return self.lexicon.lang
 
     @classmethod
-    def build(cls, kb: KnowledgeBase, common_share: float = COMMON_SHARE) -> TriageIndex:
-        """The index of a knowledge base; `common_share` above 1 makes no word common (the exhaustive search)."""
-        lexicon = Lexicon.from_words(kb.words)
+    def build(cls, kb: KnowledgeBase, common_share: float = COMMON_SHARE, lang: str = "en") -> TriageIndex:
+        """The index of a knowledge base for messages in `lang`: the English phrases and, for another
+        language, its own on top (people mix English words in). `common_share` above 1 makes no word
+        common (the exhaustive search)."""
+        lexicon = Lexicon.from_words(kb.words, lang)
         index = cls(kb=kb, lexicon=lexicon)
         raw: list[tuple[str, list[str]]] = []
         for n, article in enumerate(kb.articles.values()):
             index.order[article.id] = n
-            for text in _choices(article):
+            for text in _choices(article, lang):
                 tokens = list(dict.fromkeys(lexicon.tokens(text)))
                 if tokens:
                     raw.append((article.id, tokens))
@@ -86,6 +95,13 @@ class TriageIndex:
                 index.suffixes[article.code.split(":", 1)[1]] = article.id
             if article.name and len(split_name(article.name)) >= 2:
                 index.names[article.name.lower()] = article.id
+        index.english_messages = tuple(
+            dict.fromkeys(
+                message_text(a.message).casefold().strip(" .")
+                for a in kb.articles.values()
+                if a.message and len(message_text(a.message)) > 12
+            )
+        )
         index.message_words = {
             a.id: frozenset(lexicon.tokens(message_text(a.message)))
             for a in kb.articles.values()
@@ -143,7 +159,13 @@ class TriageIndex:
         for tok in index.idf:
             by_len[len(tok)].append(tok)
         index.vocab_by_len = dict(by_len)
-        for marker in kb.out_of_scope:
+        own = kb.words.lang.get(lang)
+        markers = (
+            *kb.out_of_scope,
+            *kb.out_of_scope_by_lang.get(lang, ()),
+            *(own.out_of_scope if own else ()),
+        )
+        for marker in markers:
             words = tuple(TOKEN.findall(normalize(marker)))
             if not words:
                 continue
@@ -215,7 +237,14 @@ def trie_pattern(words: Iterable[str]) -> str:
     return emit(trie)
 
 
-def _choices(article: Article) -> Iterable[str]:
+def _choices(article: Article, lang: str) -> Iterable[str]:
+    text = article.translations.get(lang) if lang != "en" else None
+    if text is not None:
+        yield text.title
+        yield from text.phrases
+        if text.message:
+            yield message_text(text.message)
+        yield from (step.title for step in text.steps if step.title)
     yield article.title
     yield from article.aliases
     yield from article.phrases

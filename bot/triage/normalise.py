@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import Stemmer
 
 from bot.knowledge import WordLists
 
@@ -33,6 +35,10 @@ _CLEAN |= {ord("’"): "'", ord("‘"): "'", ord("“"): " ", ord("”"): " "}
 _INVISIBLE = [0x00AD, 0x061C, 0x180E, 0xFEFF, *range(0x200B, 0x2010), *range(0x202A, 0x202F)]
 _INVISIBLE += [*range(0x2060, 0x2065), *range(0x2066, 0x2070), *range(0xFFF9, 0xFFFC)]
 _CLEAN |= dict.fromkeys(_INVISIBLE)
+# Accents are optional: people type "contrasena", "senha expirada" and "geandert". German umlauts fold the way
+# Germans write them without the keys ("geaendert"); other marks are dropped after decomposition.
+_UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue"})
+_SNOWBALL = {"de": "german", "fr": "french", "es": "spanish", "pt": "portuguese", "it": "italian"}
 
 
 def normalize(text: str) -> str:
@@ -44,9 +50,13 @@ def normalize(text: str) -> str:
             cut = cut[:-60] + _CODE_TAIL.sub("", cut[-60:])
         text = cut
     if text.isascii():
-        # Most messages: NFKC leaves ASCII as it is and casefold() is lower(); skip the two Unicode passes.
+        # Most messages: NFKC leaves ASCII as it is and casefold() is lower(); skip the Unicode passes.
         return text.lower().translate(_CLEAN)
-    return unicodedata.normalize("NFKC", text).casefold().translate(_CLEAN)
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_CLEAN).translate(_UMLAUTS)
+    if folded.isascii():
+        return folded
+    decomposed = unicodedata.normalize("NFKD", folded)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def words(norm: str) -> list[str]:
@@ -86,6 +96,12 @@ def _undouble(stem: str) -> str:
     return stem
 
 
+def _snowball(algorithm: str) -> Callable[[str], str]:
+    stemmer = Stemmer.Stemmer(algorithm)  # keeps its own cache of recent words
+    word: Callable[[str], str] = stemmer.stemWord
+    return word
+
+
 @dataclass(frozen=True, slots=True)
 class Lexicon:
     """The word lists (knowledge/words.toml) in the shape the hot path reads: synonyms keyed by word tuples."""
@@ -95,20 +111,31 @@ class Lexicon:
     synonyms: Mapping[tuple[str, ...], tuple[str, ...]]
     synonym_starts: frozenset[str]
     synonym_max: int
+    stem: Callable[[str], str] = stem
+    lang: str = "en"
 
     @classmethod
-    def from_words(cls, lists: WordLists) -> Lexicon:
+    def from_words(cls, lists: WordLists, lang: str = "en") -> Lexicon:
+        """English, or a language's own lists on top of the English ones: people mix English IT words in."""
+        own = lists.lang.get(lang) if lang != "en" else None
+        tables = [lists.synonyms] + ([own.synonyms] if own else [])
         synonyms = {
             tuple(form.split()): tuple(canonical.split())
-            for canonical, forms in lists.synonyms.items()
+            for table in tables
+            for canonical, forms in table.items()
             for form in forms
         }
+        stopwords = set(lists.stopwords) | (set(own.stopwords) if own else set())
+        webex = set(lists.webex_words) | (set(own.webex_words) if own else set())
+        snowball = _SNOWBALL.get(lang)
         return cls(
-            stopwords=frozenset(lists.stopwords),
-            webex_words=frozenset(lists.webex_words),
+            stopwords=frozenset(stopwords),
+            webex_words=frozenset(webex),
             synonyms=synonyms,
             synonym_starts=frozenset(key[0] for key in synonyms),
             synonym_max=max(map(len, synonyms), default=0),
+            stem=_snowball(snowball) if snowball else stem,
+            lang=lang,
         )
 
     def apply_synonyms(self, words: list[str]) -> list[str]:
@@ -136,12 +163,12 @@ class Lexicon:
 
     def content_tokens(self, words: list[str]) -> list[str]:
         """The stemmed, non-stopword tokens of a text's words, in order."""
-        stopwords = self.stopwords
+        stopwords, stem_word = self.stopwords, self.stem
         out = []
         for tok in self.apply_synonyms(words):
             if tok in stopwords or tok.isdigit():
                 continue
-            out.append(stem(tok))
+            out.append(stem_word(tok))
             if len(out) >= MAX_TOKENS:
                 break
         return out
