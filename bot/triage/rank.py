@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
 from bot.triage.codes import SCORE_FULL_CODE, SCORE_KEYWORD_CODE, Found, find_codes
 from bot.triage.index import TriageIndex
-from bot.triage.normalise import normalize, words
+from bot.triage.normalise import MAX_TEXT_CHARS, normalize, words
 from bot.triage.results import Evidence, Match, Outcome, TriageResult
 
 MAX_CANDIDATES = 8  # text candidates kept per message: the ladder looks at the top three
@@ -26,6 +28,17 @@ CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
 FOREIGN_WORDS = 2  # unknown words that, with no Webex word, make "error 600" some other system's error
 OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
 UNKNOWN_WEIGHT = 1.0  # what a word the knowledge lacks weighs in the message's total: a common word's idf
+# Long messages are also judged sentence by sentence (and by pairs of neighbouring sentences).
+LONG_WORDS = 30
+MIN_SENTENCE_WORDS = 3
+MAX_SENTENCES = 24
+SENTENCE_WEIGHT = 0.95
+MARKED_SHARE = (
+    0.25  # ...and when more than this share of its sentences name something out of scope, it is about that
+)
+# A sentence ends at . ! ? or a line break; "1." "2)" step numbers start one. Not inside codes ("1000:1002"),
+# versions ("4.2") or host names ("teams.webex.com"): the dot must be followed by a space.
+_SENTENCE_END = re.compile(r"[.!?;]+(?=\s)|\n+|(?<!\d)\d{1,2}[.)](?=\s)")
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: "cand in strong" must not compare every field
@@ -38,6 +51,9 @@ class _Candidate:
     covered: frozenset[str] = frozenset()  # the message's words that any phrase of the article has
     position: int = 1 << 30
     order: int = 0  # catalogue order, the last tie-break
+    # Its evidence is a sentence of a long message that names nothing out of scope, in a message that
+    # mostly doesn't either: "the screen goes blank" is not about the mouse the next sentence mentions.
+    unmarked: bool = False
 
 
 def _score_text(tokens: list[str], index: TriageIndex) -> tuple[dict[str, _Candidate], int]:
@@ -119,6 +135,41 @@ def _score_text(tokens: list[str], index: TriageIndex) -> tuple[dict[str, _Candi
     return out, unknown
 
 
+def _sentences(norm: str) -> list[list[str]]:
+    """The words of each sentence (or line, or numbered step) of a long message, in order."""
+    out = []
+    for piece in _SENTENCE_END.split(norm[:MAX_TEXT_CHARS]):
+        found = words(piece)
+        if len(found) >= MIN_SENTENCE_WORDS:
+            out.append(found)
+    return out[:MAX_SENTENCES]
+
+
+def _add_sentence_evidence(norm: str, candidates: dict[str, _Candidate], index: TriageIndex) -> None:
+    """One strong sentence is not diluted by five lines of context: each sentence, and each pair of
+    neighbouring ones, is scored on its own, and an article keeps its best score (a whole-message
+    score already in `candidates` stays where it is higher)."""
+    sentences = _sentences(norm)
+    if len(sentences) < 2:
+        return
+    windows = [*sentences, *(a + b for a, b in itertools.pairwise(sentences))]
+    marked = [bool(_out_of_scope_markers(w, index)) for w in windows]
+    # Most sentences about something out of scope: then every candidate stays under the damping.
+    mostly_out = sum(marked[: len(sentences)]) > MARKED_SHARE * len(sentences)
+    tokens_of = index.lexicon.content_tokens
+    for window, has_marker in zip(windows, marked, strict=True):
+        found, _ = _score_text(tokens_of(window), index)
+        for article_id, cand in found.items():
+            cand.unmarked = not has_marker and not mostly_out
+            # A window's share of the message it explains is of the window, not of the message: it counts
+            # at SENTENCE_WEIGHT, so a sentence that merely mentions sign-in does not outrank the whole.
+            cand.score *= SENTENCE_WEIGHT
+            cand.text_score = cand.score
+            known = candidates.get(article_id)
+            if known is None or cand.score > known.score:
+                candidates[article_id] = cand
+
+
 def _out_of_scope_markers(words: list[str], index: TriageIndex) -> tuple[str, ...]:
     # Unstemmed words on purpose: "recording" is out of scope, an "SRV record" is not.
     markers = index.markers
@@ -148,6 +199,8 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
     # nor its order, so then the fuzzy match is not run at all.
     if not any(score == SCORE_FULL_CODE for score, _, _ in codes.values()):
         candidates, strangers = _score_text(index.lexicon.content_tokens(message_words), index)
+        if len(message_words) > LONG_WORDS:
+            _add_sentence_evidence(norm, candidates, index)
     markers = _out_of_scope_markers(message_words, index)
     if codes and (
         markers or (strangers >= FOREIGN_WORDS and index.lexicon.webex_words.isdisjoint(message_words))
@@ -186,6 +239,8 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
             # A pasted Webex error text outweighs a mention of Slack; a phrase that merely shares words with the
             # message ("set up SAML SSO in Okta" for Zoom) does not.
             pasted = error_words.get(cand.id)
+            if cand.unmarked:
+                continue
             if (
                 cand.text_score < EXACT_TEXT
                 or pasted is None
