@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.cards import parse_submit
 from bot.keys import CONTEXT
-from bot.store import messages_log
+from bot.store.schema import messages_log
 from tests.fakewebex import FakeWebex, bare_uuid
 from tests.harness import Bot, card_of, db_url, make_settings, submits, wait_for
 from tests.test_store import fetch_all

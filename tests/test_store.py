@@ -36,21 +36,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.store import (
-    SCHEMA_VERSION,
-    UPGRADES,
-    InboxEvent,
-    Store,
-    StoreUnavailable,
-    TriageRecord,
-    UpgradeStatement,
-    UtcDateTime,
-    _Turns,
-    async_url,
-    metadata,
-    migrate,
-    triage,
-)
+from bot.store import InboxEvent, Store, StoreUnavailable, TriageRecord, async_url
+from bot.store.migrations import SCHEMA_VERSION, UPGRADES, UpgradeStatement, migrate
+from bot.store.schema import UtcDateTime, metadata, triage
+from bot.store.sqlite import Turns
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -676,7 +665,7 @@ async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: 
 
 
 async def test_write_turns_put_acks_first_without_starving_the_worker() -> None:
-    turns = _Turns()
+    turns = Turns()
     order: list[str] = []
 
     async def take(name: str, *, urgent: bool) -> None:

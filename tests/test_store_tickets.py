@@ -18,10 +18,9 @@ from bot.store import (
     Store,
     Ticket,
     TicketChange,
-    inbox,
-    outbox,
     ticket_payload,
 )
+from bot.store.schema import inbox, outbox
 from tests import test_store as base
 from tests.test_store import Clock, fetch_all
 

@@ -1,0 +1,32 @@
+"""Persistence: inbox, conversation facts, tickets and their outbox, on SQLite or PostgreSQL (SQLAlchemy Core)."""
+
+from bot.store.base import StoreUnavailable
+from bot.store.records import (
+    TICKET_STATUSES,
+    InboxEvent,
+    OutboxItem,
+    Stats,
+    Ticket,
+    TicketChange,
+    TicketStatus,
+    TriageRecord,
+    parse_ticket_number,
+    ticket_payload,
+)
+from bot.store.store import Store, async_url
+
+__all__ = [
+    "TICKET_STATUSES",
+    "InboxEvent",
+    "OutboxItem",
+    "Stats",
+    "Store",
+    "StoreUnavailable",
+    "Ticket",
+    "TicketChange",
+    "TicketStatus",
+    "TriageRecord",
+    "async_url",
+    "parse_ticket_number",
+    "ticket_payload",
+]
