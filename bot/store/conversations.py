@@ -82,10 +82,6 @@ class ConversationStore(StoreBase):
         }
         return await self._insert_new(feedback, "action_id", values)
 
-    async def feedback_counts(self, since: datetime | None = None) -> dict[str, int]:
-        async with self._begin() as conn:
-            return await _feedback_counts(conn, since)
-
     async def log_message(
         self, *, room_id: str, thread_id: str | None, person_id: str, who: str, text: str
     ) -> None:
@@ -194,10 +190,12 @@ class ConversationStore(StoreBase):
         return func.json_each(column).table_valued("value")
 
 
-async def _feedback_counts(conn: AsyncConnection, since: datetime | None) -> dict[str, int]:
-    query = select(feedback.c.helpful, func.count()).group_by(feedback.c.helpful)
-    if since is not None:
-        query = query.where(feedback.c.created_at >= since)
+async def _feedback_counts(conn: AsyncConnection, since: datetime) -> dict[str, int]:
+    query = (
+        select(feedback.c.helpful, func.count())
+        .where(feedback.c.created_at >= since)
+        .group_by(feedback.c.helpful)
+    )
     counts = {bool(helpful): count for helpful, count in (await conn.execute(query)).all()}
     return {"helpful": counts.get(True, 0), "not_helpful": counts.get(False, 0)}
 

@@ -18,10 +18,6 @@ from bot.store.schema import event_effects, inbox, read_record
 class InboxStore(StoreBase):
     """The Store's inbox queries: what the webhook view and the worker call."""
 
-    async def enqueue_event(self, event_id: str, resource: str, payload: str) -> bool:
-        """Store one event; `payload` is the webhook body's JSON text. False if the id was stored before."""
-        return event_id in await self.enqueue_events([(event_id, resource, payload)])
-
     async def enqueue_events(self, events: Sequence[tuple[str, str, str]]) -> set[str]:
         """Insert many (event_id, resource, payload JSON text) in one transaction; returns the ids that were new.
 
@@ -109,11 +105,6 @@ class InboxStore(StoreBase):
             changes["status"] = "failed"
             changes["next_attempt_at"] = self._now() + timedelta(seconds=max(retry_in, 0.0))
         await self._update_event(event_id, **changes)
-
-    async def get_event(self, event_id: str) -> InboxEvent | None:
-        async with self._begin() as conn:
-            row = (await conn.execute(select(inbox).where(inbox.c.event_id == event_id))).first()
-        return None if row is None else read_record(InboxEvent, row)
 
     async def renew_leases(self, worker_id: str, lease_seconds: float) -> int:
         """Extend the leases this worker holds: a live worker keeps its events, a dead one loses them soon."""

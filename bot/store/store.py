@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from sqlalchemy import Table, and_, select, text, tuple_
+from sqlalchemy import Table, and_, select, tuple_
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql import ColumnElement
 
-from bot.store.base import TIMEOUT_SECONDS, StoreUnavailable
+from bot.store.base import TIMEOUT_SECONDS
 from bot.store.conversations import ConversationStore
 from bot.store.inbox import InboxStore
 from bot.store.migrations import migrate
@@ -74,14 +74,6 @@ class Store(InboxStore, ConversationStore, TicketStore):
             await engine.dispose()
             raise
         return store
-
-    async def ping(self) -> bool:
-        try:
-            async with self._begin() as conn:
-                await conn.execute(text("SELECT 1"))
-        except StoreUnavailable:
-            return False
-        return True
 
     async def close(self) -> None:
         if self._sqlite_inbox is not None:

@@ -14,7 +14,6 @@ from sqlalchemy.sql import ColumnElement
 from bot.store.base import MAX_ERROR_CHARS, StoreBase
 from bot.store.records import (
     FIRST_TICKET_NUMBER,
-    OUTBOX_STATUSES,
     OutboxItem,
     Ticket,
     TicketChange,
@@ -235,7 +234,7 @@ class TicketStore(StoreBase):
 
         Later items of a ticket wait until the earlier one is delivered, so the receiver sees each ticket's
         events in order even across retries. A dead item keeps blocking its ticket's later items for the same
-        reason; outbox_counts shows it to an admin.
+        reason; it stays in the table, where an admin can look at it.
         """
         if limit <= 0:
             return []
@@ -291,12 +290,6 @@ class TicketStore(StoreBase):
         else:
             changes["next_attempt_at"] = self._now() + timedelta(seconds=max(retry_in, 0.0))
         await self._update_outbox(item_id, **changes)
-
-    async def outbox_counts(self) -> dict[str, int]:
-        query = select(outbox.c.status, func.count()).group_by(outbox.c.status)
-        async with self._begin() as conn:
-            rows = (await conn.execute(query)).all()
-        return {status: 0 for status in OUTBOX_STATUSES} | {status: count for status, count in rows}
 
     async def _update_outbox(self, item_id: int, **changes: Any) -> None:
         async with self._begin() as conn:
