@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import secrets
@@ -36,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.store import InboxEvent, Store, StoreUnavailable, TriageRecord, async_url
+from bot.store import InboxEvent, Store, StoreUnavailable, TriageRecord, async_url, records
 from bot.store.migrations import SCHEMA_VERSION, UPGRADES, UpgradeStatement, migrate
 from bot.store.schema import UtcDateTime, inbox, metadata, read_record, triage
 from bot.store.sqlite import Turns
@@ -124,6 +125,14 @@ async def enqueue(store: Store, *event_ids: str) -> None:
 
 def ids(events: list[InboxEvent]) -> list[str]:
     return [event.event_id for event in events]
+
+
+def test_records_need_no_database_library() -> None:
+    # The card builders read Ticket and Stats: plain data, whatever the store is built on.
+    tree = ast.parse(Path(records.__file__).read_text())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert [name for name in modules if name.split(".")[0] == "sqlalchemy"] == []
 
 
 # --- opening ----------------------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ from bot.store.records import (
     Stats,
     Ticket,
     TicketChange,
-    TicketStatus,
     TriageRecord,
-    parse_ticket_number,
     ticket_payload,
 )
 from bot.store.store import Store, async_url
@@ -24,9 +22,7 @@ __all__ = [
     "StoreUnavailable",
     "Ticket",
     "TicketChange",
-    "TicketStatus",
     "TriageRecord",
     "async_url",
-    "parse_ticket_number",
     "ticket_payload",
 ]
