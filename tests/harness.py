@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,12 @@ async def wait_for(predicate: Callable[[], bool], *, timeout: float = 10.0, what
 
 def db_url(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'bot.db'}"
+
+
+async def votes(bot: Bot) -> tuple[int, int]:
+    """The last day's (helpful, not helpful) votes, as the admin stats count them."""
+    stats = await bot.app[CONTEXT].store.stats(since=datetime.now(UTC) - timedelta(days=1))
+    return stats.helpful, stats.not_helpful
 
 
 CARD = "application/vnd.microsoft.card.adaptive"

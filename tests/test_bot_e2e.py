@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from bot.cards import parse_submit
 from bot.keys import CONTEXT
-from bot.store import messages_log
+from bot.store.schema import messages_log
 from tests.fakewebex import FakeWebex, bare_uuid
-from tests.harness import Bot, card_of, db_url, make_settings, submits, wait_for
-from tests.test_store import fetch_all
+from tests.harness import Bot, card_of, db_url, make_settings, submits, votes, wait_for
+from tests.test_store import fetch_all, stored_event
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ async def test_direct_message_gets_a_fix_card(
         card = card_of(reply)
         assert "ServiceDiscoveryAuthenticationFailure" in json.dumps(card)
         await bot.idle()
-        event = await bot.app[CONTEXT].store.get_event(msg["id"])
+        event = await stored_event(bot.settings.database_url, msg["id"])
         assert event is not None and event.status == "done" and event.reply_message_id
 
 
@@ -168,11 +168,11 @@ async def test_card_feedback_is_recorded_and_acknowledged_in_thread(
         await wait_for(lambda: len(fake_webex.posted_messages) == 2, what="the feedback ack")
         ack = fake_webex.posted_messages[1]
         assert ack["parentId"] == top["id"] and "thanks" in ack["markdown"].lower()
-        assert await bot.app[CONTEXT].store.feedback_counts() == {"helpful": 1, "not_helpful": 0}
+        assert await votes(bot) == (1, 0)
         # The same submit delivered again counts once.
         await bot.post(envelope)
         await asyncio.sleep(0.2)
-        assert await bot.app[CONTEXT].store.feedback_counts() == {"helpful": 1, "not_helpful": 0}
+        assert await votes(bot) == (1, 0)
 
 
 async def test_forged_submit_is_ignored(
@@ -229,7 +229,7 @@ async def test_final_failure_tells_the_user(
         await wait_for(lambda: len(fake_webex.posted_messages) == 1, what="the apology")
         assert "couldn't answer" in fake_webex.posted_messages[0]["markdown"]
         await bot.idle()
-        event = await bot.app[CONTEXT].store.get_event(msg["id"])
+        event = await stored_event(bot.settings.database_url, msg["id"])
         assert event is not None and event.status == "dead" and "404" in (event.last_error or "")
 
 
@@ -257,7 +257,7 @@ async def test_outage_retries_then_answers(
         await wait_for(
             lambda: len(fake_webex.posted_messages) == 1, timeout=30, what="the reply after an outage"
         )
-        event = await bot.app[CONTEXT].store.get_event(msg["id"])
+        event = await stored_event(bot.settings.database_url, msg["id"])
         assert event is not None and event.attempts >= 2
 
 
@@ -317,7 +317,7 @@ async def test_the_server_purges_handled_events_past_retention(
         await bot.idle()
         store = bot.app[CONTEXT].store
         deadline = asyncio.get_running_loop().time() + 10
-        while await store.get_event(msg["id"]) is not None:
+        while await stored_event(url, msg["id"]) is not None:
             assert asyncio.get_running_loop().time() < deadline, "the periodic purge never deleted the event"
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.5)  # one more round for what was written after the event was marked done

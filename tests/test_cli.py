@@ -100,7 +100,7 @@ def test_purge_deletes_old_handled_events_and_says_how_many(tmp_path: Path) -> N
         ):
             store = await (Store.open(url, now=_fixed(clock)) if clock else Store.open(url))
             try:
-                await store.enqueue_event(event_id, "messages", "{}")
+                await store.enqueue_events([(event_id, "messages", "{}")])
                 if handled:
                     [claimed] = await store.claim_events("w1")
                     await store.mark_done(claimed.event_id)

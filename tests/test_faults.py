@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.keys import CONTEXT
 from tests.fakewebex import FakeWebex
 from tests.harness import FAST_WORKER, Bot, db_url, make_settings
 from tests.procs import TcpProxy, bot_messages, fresh_pg_database, pg_url, requested, until
+from tests.test_store import stored_event
 
 STUCK_FOR = 0.5  # the faulty call is also slow, so the other webhooks are surely acked while it is stuck
 OTHERS = 5
@@ -106,7 +106,7 @@ async def check_one_reply_each_and_acks_not_blocked(
     await asyncio.sleep(0.2)
     counts = [len(bot_messages(fake, parent_id=m["id"])) for m in everyone]
     assert counts == [1] * len(everyone), counts
-    event = await bot.app[CONTEXT].store.get_event(stuck["id"])
+    event = await stored_event(bot.settings.database_url, stuck["id"])
     assert event is not None and event.status == "done" and event.attempts == fault.attempts, event
     assert event.reply_message_id == bot_messages(fake, parent_id=stuck["id"])[0]["id"]
 
@@ -279,15 +279,15 @@ async def test_database_outage_while_a_reply_is_posted_answers_once(
         )
         await asyncio.sleep(0.5)  # recording the reply id fails now
         await proxy.start()
-        store = bot.app[CONTEXT].store
+        url = settings.database_url
 
         async def done() -> bool:
-            event = await store.get_event(msg["id"])
+            event = await stored_event(url, msg["id"])
             return event is not None and event.status == "done"
 
         deadline = time.monotonic() + 10
         while not await done():
-            assert time.monotonic() < deadline, await store.get_event(msg["id"])
+            assert time.monotonic() < deadline, await stored_event(url, msg["id"])
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
         replies = bot_messages(fake_webex, parent_id=msg["id"])

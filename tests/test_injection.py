@@ -18,7 +18,7 @@ import pytest_asyncio
 from bot.keys import CONTEXT, WORKER
 from bot.knowledge import KnowledgeBase
 from tests.fakewebex import FakeWebex
-from tests.harness import Bot, db_url, make_settings, verb, wait_for
+from tests.harness import Bot, db_url, make_settings, verb, votes, wait_for
 
 Json = dict[str, Any]
 
@@ -181,7 +181,7 @@ async def test_forged_and_malformed_submits_are_refused_quietly(
     unlogged = [name for name, action in actions.items() if not warned_about(caplog, action["id"])]
     assert not unlogged, f"refused without a WARNING naming the action: {unlogged}"
     store = bot.app[CONTEXT].store
-    assert await store.feedback_counts() == {"helpful": 0, "not_helpful": 0}
+    assert await votes(bot) == (0, 0)
     assert await store.tickets_for_requester(world["alice"]["id"]) == []
     await assert_still_answering(bot, fake_webex, world)
 
@@ -219,7 +219,7 @@ async def test_submits_pointing_at_messages_the_bot_did_not_send_are_refused(
     await quiet(bot)
     assert fake_webex.posted_messages[before:] == []
     assert warned_about(caplog, action["id"])
-    assert await bot.app[CONTEXT].store.feedback_counts() == {"helpful": 0, "not_helpful": 0}
+    assert await votes(bot) == (0, 0)
 
 
 async def test_a_submit_on_a_deleted_card_is_refused_quietly(

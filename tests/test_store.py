@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import secrets
@@ -36,21 +37,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bot.store import (
-    SCHEMA_VERSION,
-    UPGRADES,
-    InboxEvent,
-    Store,
-    StoreUnavailable,
-    TriageRecord,
-    UpgradeStatement,
-    UtcDateTime,
-    _Turns,
-    async_url,
-    metadata,
-    migrate,
-    triage,
-)
+from bot.store import InboxEvent, Store, StoreUnavailable, TriageRecord, async_url, records
+from bot.store.migrations import SCHEMA_VERSION, UPGRADES, UpgradeStatement, migrate
+from bot.store.schema import UtcDateTime, inbox, metadata, read_record, triage
+from bot.store.sqlite import Turns
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -121,13 +111,28 @@ async def fetch_all(url: str, statement: Any) -> list[Any]:
         await engine.dispose()
 
 
+async def stored_event(url: str, event_id: str) -> InboxEvent | None:
+    """One event as the inbox holds it, read behind the store's back."""
+    rows = await fetch_all(url, select(inbox).where(inbox.c.event_id == event_id))
+    return read_record(InboxEvent, rows[0]) if rows else None
+
+
 async def enqueue(store: Store, *event_ids: str) -> None:
     for event_id in event_ids:
-        assert await store.enqueue_event(event_id, "messages", json.dumps({"data": {"id": event_id}}))
+        payload = json.dumps({"data": {"id": event_id}})
+        assert await store.enqueue_events([(event_id, "messages", payload)]) == {event_id}
 
 
 def ids(events: list[InboxEvent]) -> list[str]:
     return [event.event_id for event in events]
+
+
+def test_records_need_no_database_library() -> None:
+    # The card builders read Ticket and Stats: plain data, whatever the store is built on.
+    tree = ast.parse(Path(records.__file__).read_text())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert [name for name in modules if name.split(".")[0] == "sqlalchemy"] == []
 
 
 # --- opening ----------------------------------------------------------------------------------------------------
@@ -155,7 +160,7 @@ def test_unusable_urls_are_refused(url: str) -> None:
 
 async def test_dialect_follows_the_url(store: Store, db_url: str) -> None:
     assert store.dialect == db_url.split(":", 1)[0]
-    assert await store.ping() is True
+    assert await store.inbox_counts() == dict.fromkeys(("pending", "working", "done", "failed", "dead"), 0)
 
 
 async def test_concurrent_and_repeated_opens_leave_one_version_row(db_url: str, clock: Clock) -> None:
@@ -382,20 +387,20 @@ async def test_sqlite_uses_wal(tmp_path: Path) -> None:
 async def test_enqueue_dedupes_across_a_restart(db_url: str, clock: Clock) -> None:
     payload = {"id": "hook", "resource": "messages", "data": {"id": "m1", "roomId": "r"}, "n": [1, 2.5, None]}
     store = await Store.open(db_url, now=clock)
-    assert await store.enqueue_event("m1", "messages", json.dumps(payload)) is True
-    assert await store.enqueue_event("m1", "messages", '{"other": true}') is False
+    assert await store.enqueue_events([("m1", "messages", json.dumps(payload))]) == {"m1"}
+    assert await store.enqueue_events([("m1", "messages", '{"other": true}')]) == set()
     await store.close()
 
     store = await Store.open(db_url, now=clock)
     try:
-        assert await store.enqueue_event("m1", "messages", json.dumps(payload)) is False
-        event = await store.get_event("m1")
+        assert await store.enqueue_events([("m1", "messages", json.dumps(payload))]) == set()
+        event = await stored_event(db_url, "m1")
         assert event is not None
         assert (event.payload, event.status, event.attempts) == (payload, "pending", 0)
         assert event.resource == "messages"
         assert event.received_at == clock() == event.next_attempt_at
         assert event.received_at.tzinfo == UTC
-        assert await store.get_event("nope") is None
+        assert await stored_event(db_url, "nope") is None
     finally:
         await store.close()
 
@@ -426,8 +431,7 @@ async def test_concurrent_claims_across_two_replicas_never_overlap(db_url: str, 
             claimed += ids(batch)
         assert sorted(claimed) == [f"e{i:02}" for i in range(60)]
         assert (await replica_a.inbox_counts())["working"] == 60
-        stored = [await replica_a.get_event(event_id) for event_id in claimed]
-        assert all(event is not None and event.attempts == 1 for event in stored)
+        assert await fetch_all(db_url, select(inbox.c.attempts).distinct()) == [(1,)]
     finally:
         await replica_a.close()
         await replica_b.close()
@@ -445,11 +449,13 @@ async def test_expired_lease_returns_a_crashed_workers_event(store: Store, clock
     assert await store.release_worker("w2") == 1
 
 
-async def test_failed_event_waits_for_its_retry_and_dead_is_final(store: Store, clock: Clock) -> None:
+async def test_failed_event_waits_for_its_retry_and_dead_is_final(
+    store: Store, db_url: str, clock: Clock
+) -> None:
     await enqueue(store, "e1")
     await store.claim_events("w1")
     await store.mark_failed("e1", "Webex said 502", retry_in=120)
-    failed = await store.get_event("e1")
+    failed = await stored_event(db_url, "e1")
     assert failed is not None
     assert (failed.status, failed.last_error, failed.attempts) == ("failed", "Webex said 502", 1)
     assert failed.next_attempt_at == clock() + timedelta(seconds=120)
@@ -463,24 +469,26 @@ async def test_failed_event_waits_for_its_retry_and_dead_is_final(store: Store, 
     await store.mark_failed("e1", "x" * 5000, retry_in=None)
     clock.advance(86400 * 30)
     assert await store.claim_events("w1") == []
-    dead = await store.get_event("e1")
+    dead = await stored_event(db_url, "e1")
     assert dead is not None
     assert dead.status == "dead"
     assert dead.last_error == "x" * 2000
     assert await store.inbox_counts() == {"pending": 0, "working": 0, "done": 0, "failed": 0, "dead": 1}
 
 
-async def test_reply_is_recorded_and_done_is_never_claimed_again(store: Store, clock: Clock) -> None:
+async def test_reply_is_recorded_and_done_is_never_claimed_again(
+    store: Store, db_url: str, clock: Clock
+) -> None:
     await enqueue(store, "e1")
     await store.claim_events("w1", lease_seconds=10)
     await store.record_reply("e1", "reply-1")
-    event = await store.get_event("e1")
+    event = await stored_event(db_url, "e1")
     assert event is not None
     assert (event.reply_message_id, event.status) == ("reply-1", "working")
     await store.mark_done("e1")
     clock.advance(3600)  # long past the lease
     assert await store.claim_events("w2") == []
-    done = await store.get_event("e1")
+    done = await stored_event(db_url, "e1")
     assert done is not None
     assert (done.status, done.reply_message_id) == ("done", "reply-1")
 
@@ -508,7 +516,7 @@ async def test_naive_clock_is_refused(db_url: str) -> None:
     store = await Store.open(db_url, now=lambda: datetime(2025, 1, 1))
     try:
         with pytest.raises(ValueError, match="timezone-aware"):
-            await store.enqueue_event("e1", "messages", "{}")
+            await store.enqueue_events([("e1", "messages", "{}")])
     finally:
         await store.close()
 
@@ -548,9 +556,10 @@ async def test_feedback_counts_once_per_action(store: Store, clock: Clock) -> No
     assert redelivered is False
     clock.advance(3600)
     assert await store.record_feedback(action_id="act2", helpful=False, **vote) is True
-    assert await store.feedback_counts() == {"helpful": 1, "not_helpful": 1}
-    recent = await store.feedback_counts(since=clock() - timedelta(minutes=1))
-    assert recent == {"helpful": 0, "not_helpful": 1}
+    ever = await store.stats(since=clock() - timedelta(days=1))
+    assert (ever.helpful, ever.not_helpful) == (1, 1)
+    recent = await store.stats(since=clock() - timedelta(minutes=1))
+    assert (recent.helpful, recent.not_helpful) == (0, 1)
 
 
 # --- availability ----------------------------------------------------------------------------------------------
@@ -634,11 +643,12 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
             await enqueue(store, "after restart")  # pre-ping noticed and reconnected
             await proxy.stop()  # now the database is gone and refuses new connections
             with pytest.raises(StoreUnavailable, match="unavailable") as caught:
-                await store.enqueue_event("during", "messages", "{}")
+                await store.enqueue_events([("during", "messages", "{}")])
             assert "ConnectionRefusedError" in str(caught.value)
-            assert await store.ping() is False
+            with pytest.raises(StoreUnavailable):
+                await store.inbox_counts()  # what /readyz asks
             await proxy.start()
-            assert await store.ping() is True
+            assert (await store.inbox_counts())["pending"] == 2
             await enqueue(store, "after")
             assert ids(await store.claim_events("w1")) == ["before", "after restart", "after"]
         finally:
@@ -647,7 +657,7 @@ async def test_postgres_outage_is_store_unavailable_and_heals_itself(clock: Cloc
 
 
 async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock: Clock) -> None:
-    await store.enqueue_event("e1", "messages", '{"id": "e1"}')
+    await enqueue(store, "e1")
     (claimed,) = await store.claim_events("w1", lease_seconds=10)
     assert claimed.event_id == "e1"
     clock.advance(8)
@@ -664,7 +674,7 @@ async def test_leases_are_renewed_and_effects_recorded_once(store: Store, clock:
 
 
 async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: Store) -> None:
-    await store.enqueue_event("old", "messages", '{"id": "old"}')
+    assert await store.enqueue_events([("old", "messages", '{"id": "old"}')]) == {"old"}
     batch = [
         ("a", "messages", '{"id": "a"}'),
         ("old", "messages", '{"id": "old"}'),
@@ -676,7 +686,7 @@ async def test_a_batch_of_events_is_one_insert_that_reports_the_new_ones(store: 
 
 
 async def test_write_turns_put_acks_first_without_starving_the_worker() -> None:
-    turns = _Turns()
+    turns = Turns()
     order: list[str] = []
 
     async def take(name: str, *, urgent: bool) -> None:

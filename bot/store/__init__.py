@@ -1,0 +1,28 @@
+"""Persistence: inbox, conversation facts, tickets and their outbox, on SQLite or PostgreSQL (SQLAlchemy Core)."""
+
+from bot.store.base import StoreUnavailable
+from bot.store.records import (
+    TICKET_STATUSES,
+    InboxEvent,
+    OutboxItem,
+    Stats,
+    Ticket,
+    TicketChange,
+    TriageRecord,
+    ticket_payload,
+)
+from bot.store.store import Store, async_url
+
+__all__ = [
+    "TICKET_STATUSES",
+    "InboxEvent",
+    "OutboxItem",
+    "Stats",
+    "Store",
+    "StoreUnavailable",
+    "Ticket",
+    "TicketChange",
+    "TriageRecord",
+    "async_url",
+    "ticket_payload",
+]

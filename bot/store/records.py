@@ -1,0 +1,141 @@
+"""What the store hands out: frozen plain records and their small pure helpers, with no database in sight."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+STATUSES = ("pending", "working", "done", "failed", "dead")
+TICKET_STATUSES = ("open", "claimed", "resolved", "cancelled")
+TicketStatus = Literal["open", "claimed", "resolved", "cancelled"]
+OUTBOX_STATUSES = ("pending", "delivered", "dead")
+FIRST_TICKET_NUMBER = 1001
+TICKET_PREFIX = "HD-"
+# At most 9 digits, so a typed number never overflows the INTEGER column.
+TICKET_NUMBER_RE = re.compile(r"(?:HD-?|#)?\s*(\d{1,9})", re.IGNORECASE)
+MAX_LOGGED_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    """One webhook delivery as the inbox holds it."""
+
+    event_id: str
+    resource: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    reply_message_id: str | None
+    received_at: datetime
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True)
+class TriageRecord:
+    """What the bot made of one message."""
+
+    event_id: str
+    person_id: str
+    person_email: str
+    room_id: str
+    thread_id: str | None
+    text: str
+    outcome: str
+    top_id: str | None
+    score: float | None
+    codes: list[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A handoff to the helpdesk, as it stands now."""
+
+    id: int
+    number: str
+    status: TicketStatus
+    requester_id: str
+    requester_email: str
+    requester_name: str
+    room_id: str
+    thread_id: str | None
+    original_text: str
+    codes: list[str]
+    articles: list[str]
+    steps_suggested: list[str]
+    note: str | None
+    transcript: list[dict[str, str]]
+    assignee_id: str | None
+    assignee_name: str | None
+    # After a reopen this is the resolution the requester turned down, until the ticket is resolved again.
+    resolution: str | None
+    helpdesk_message_id: str | None
+    info_requests: int
+    reopened: int
+    created_at: datetime
+    claimed_at: datetime | None
+    resolved_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TicketChange:
+    """The outcome of a transition: ok says whether it happened; ticket is the state either way."""
+
+    ok: bool
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One ticket event waiting for the ITSM webhook."""
+
+    id: int
+    ticket_id: int
+    event: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the bot did over a period, for admins."""
+
+    messages_triaged: int
+    confident: int
+    clarify: int
+    none: int
+    helpful: int
+    not_helpful: int
+    escalations: int
+    resolved_by_bot: int
+    potential_deflection: int
+    top_codes: list[tuple[str, int]]
+    top_articles: list[tuple[str, int]]
+    open_tickets: int
+    median_claim_seconds: float | None
+    median_resolve_seconds: float | None
+
+
+def ticket_payload(ticket: Ticket) -> dict[str, Any]:
+    """The ticket as plain JSON: what the ITSM webhook receives."""
+    payload = asdict(ticket)
+    for key, value in payload.items():
+        if isinstance(value, datetime):
+            payload[key] = value.isoformat()
+    return payload
+
+
+def parse_ticket_number(number: str) -> int | None:
+    """The n of "HD-n", "hd-n", "HDn", "#n" or "n"; None for anything else."""
+    match = TICKET_NUMBER_RE.fullmatch(number.strip())
+    return None if match is None else int(match.group(1))
+
+
+def transcript_entry(who: str, text: str, at: datetime) -> dict[str, str]:
+    """One line of a conversation as a ticket's transcript keeps it."""
+    return {"who": who, "text": text[:MAX_LOGGED_TEXT], "at": at.isoformat()}
