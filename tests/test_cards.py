@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import jsonschema
@@ -52,6 +51,7 @@ from bot.cards.elements import (
 )
 from bot.cards.submit import AnswerInfoData, AskInfoData, FileTicketData, SubmitData
 from bot.knowledge import Article, KnowledgeBase, Step
+from bot.store.records import Ticket
 from bot.triage import Match, TriageIndex, TriageResult, triage
 
 from .conftest import SHARED
@@ -650,34 +650,46 @@ def test_models_and_official_schema_agree_on_bad_actions(
 # --- Ticket cards ----------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeTicket:
-    """A ticket as the cards see it (the store's Ticket has the same fields)."""
-
-    number: str = "HD-1042"
-    status: str = "open"
-    requester_name: str = "Alex <@all> Doe"
-    requester_email: str = EMAIL
-    original_text: str = "Error 1000:1002 [click](http://evil) " * 40
-    codes: list[str] = dataclass_field(default_factory=lambda: ["1000:1002", "1000:603"])
-    articles: list[str] = dataclass_field(default_factory=lambda: ["1000:1002", "blank-screen"])
-    steps_suggested: list[str] = dataclass_field(default_factory=lambda: ["Quit Webex " * 30] * 8)
-    note: str | None = "tried restarting <script>alert(1)</script>"
-    transcript: list[dict[str, str]] = dataclass_field(
-        default_factory=lambda: [{"who": "Alex", "text": "blank <@all> " * 30, "at": "x"}] * 20
-    )
-    assignee_name: str | None = "Sam"
-    resolution: str | None = "Cleared the cache **shout** " * 50
+def a_ticket(**changes: Any) -> Ticket:
+    """A real store record, filled with the hostile text the cards must escape and fit."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "id": 1,
+        "number": "HD-1042",
+        "status": "open",
+        "requester_id": "person-1",
+        "requester_email": EMAIL,
+        "requester_name": "Alex <@all> Doe",
+        "room_id": "room-1",
+        "thread_id": THREAD,
+        "original_text": "Error 1000:1002 [click](http://evil) " * 40,
+        "codes": ["1000:1002", "1000:603"],
+        "articles": ["1000:1002", "blank-screen"],
+        "steps_suggested": ["Quit Webex " * 30] * 8,
+        "note": "tried restarting <script>alert(1)</script>",
+        "transcript": [{"who": "Alex", "text": "blank <@all> " * 30, "at": "x"}] * 20,
+        "assignee_id": "person-2",
+        "assignee_name": "Sam",
+        "resolution": "Cleared the cache **shout** " * 50,
+        "helpdesk_message_id": None,
+        "info_requests": 0,
+        "reopened": 0,
+        "created_at": now,
+        "claimed_at": None,
+        "resolved_at": None,
+        "updated_at": now,
+    }
+    return Ticket(**(values | changes))
 
 
 def ticket_messages(kb: KnowledgeBase) -> list[tuple[str, OutgoingMessage]]:
-    t = FakeTicket()
+    t = a_ticket()
     return [
         ("escalation", cards.escalation_card(THREAD, "1000:1002", THREAD)),
         ("ticket", cards.ticket_card(t, kb)),
         (
             "ticket minimal",
-            cards.ticket_card(FakeTicket(codes=[], articles=[], note=None, transcript=[]), kb),
+            cards.ticket_card(a_ticket(codes=[], articles=[], note=None, transcript=[]), kb),
         ),
         ("filed", cards.ticket_filed_card(t, THREAD, True)),
         ("filed no room", cards.ticket_filed_card(t, THREAD, False)),
@@ -704,7 +716,7 @@ def test_ticket_cards_are_valid_small_and_escaped(
 
 
 def test_ticket_card_actions_carry_the_ticket(kb: KnowledgeBase) -> None:
-    card = cards.ticket_card(FakeTicket(), kb).card or {}
+    card = cards.ticket_card(a_ticket(), kb).card or {}
     titles = [a["title"] for a in card["actions"]]
     assert titles == ["Claim", "Resolve", "Ask for info"]
     # What a client submits: the data merged with the inputs of the card it sits in.
@@ -728,12 +740,12 @@ def test_escalation_and_requester_cards_round_trip() -> None:
         thread_id=THREAD, article_id="1000:1002", origin_id="origin-1", note="restarted twice"
     )
     assert parse_submit(data | {"note": "x" * 5000}) is None
-    resolved = submits(cards.ticket_resolved_card(FakeTicket(), "Sam", THREAD).card or {})
+    resolved = submits(cards.ticket_resolved_card(a_ticket(), "Sam", THREAD).card or {})
     assert [parse_submit(d) for d in resolved] == [
         cards.TicketFixedData(number="HD-1042", thread_id=THREAD, fixed=True),
         cards.TicketFixedData(number="HD-1042", thread_id=THREAD, fixed=False),
     ]
-    (answer,) = submits(cards.info_request_card(FakeTicket(), "Sam", "which laptop?", THREAD).card or {})
+    (answer,) = submits(cards.info_request_card(a_ticket(), "Sam", "which laptop?", THREAD).card or {})
     assert parse_submit(answer | {"answer": "the Mac"}) == cards.AnswerInfoData(
         number="HD-1042", thread_id=THREAD, answer="the Mac"
     )

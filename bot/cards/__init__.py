@@ -30,7 +30,6 @@ from bot.cards.submit import (
     parse_submit,
 )
 from bot.cards.tickets import (
-    TicketView,
     escalation_card,
     info_request_card,
     ticket_card,
@@ -56,7 +55,6 @@ __all__ = [
     "SetupPageData",
     "ShowData",
     "TicketFixedData",
-    "TicketView",
     "article_card",
     "body_bytes",
     "build",

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from bot.cards.draft import Budget, Draft, OutgoingMessage, fit, text_message
 from bot.cards.escape import escape_user_text
 from bot.knowledge import KnowledgeBase
-
-if TYPE_CHECKING:  # the store is I/O; the cards only read its plain dataclasses
-    from bot.store import Stats, TriageRecord
+from bot.store.records import Stats, TriageRecord  # plain frozen dataclasses: no I/O, no SQLAlchemy
 
 
 def _pct(part: int, whole: int) -> str:

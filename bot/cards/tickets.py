@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from bot.cards.draft import Budget, Draft, OutgoingMessage, Prompt, fit, form, text_message
 from bot.cards.elements import ActionShowCard, AdaptiveCard
@@ -19,39 +19,11 @@ from bot.cards.submit import (
     TicketFixedData,
 )
 from bot.knowledge import KnowledgeBase
+from bot.store.records import Ticket
 
 SEND_TO_HELPDESK = "Send to the helpdesk"
 QUESTION_MISSING = "Write your question for the requester first."
 ANSWER_MISSING = "Write your answer first."
-
-
-class TicketView(Protocol):
-    """What the ticket cards read; the store's Ticket has these (a protocol keeps the cards pure)."""
-
-    @property
-    def number(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def requester_name(self) -> str: ...
-    @property
-    def requester_email(self) -> str: ...
-    @property
-    def original_text(self) -> str: ...
-    @property
-    def codes(self) -> list[str]: ...
-    @property
-    def articles(self) -> list[str]: ...
-    @property
-    def steps_suggested(self) -> list[str]: ...
-    @property
-    def note(self) -> str | None: ...
-    @property
-    def transcript(self) -> list[dict[str, str]]: ...
-    @property
-    def assignee_name(self) -> str | None: ...
-    @property
-    def resolution(self) -> str | None: ...
 
 
 TRANSCRIPT_LINES = 6
@@ -80,7 +52,7 @@ def escalation_card(thread_id: str, article_id: str | None, origin_id: str | Non
     return d.message(footer="Use the card to add a note and send it to the helpdesk.")
 
 
-def ticket_card(ticket: TicketView, kb: KnowledgeBase) -> OutgoingMessage:
+def ticket_card(ticket: Ticket, kb: KnowledgeBase) -> OutgoingMessage:
     """The helpdesk's view: who, what, the codes, what was tried, the note and the conversation."""
     tried = [kb.articles[a].title for a in ticket.articles if a in kb.articles]
 
@@ -147,7 +119,7 @@ def _show_form(
     return ActionShowCard(title=title, card=AdaptiveCard(body=inputs, actions=(button,)))
 
 
-def ticket_filed_card(ticket: TicketView, thread_id: str, helpdesk_reachable: bool) -> OutgoingMessage:
+def ticket_filed_card(ticket: Ticket, thread_id: str, helpdesk_reachable: bool) -> OutgoingMessage:
     """The requester's confirmation, with the number and a way to take it back."""
     d = Draft()
     d.heading(f"Ticket {ticket.number} is open")
@@ -164,7 +136,7 @@ def ticket_filed_card(ticket: TicketView, thread_id: str, helpdesk_reachable: bo
     return d.message()
 
 
-def info_request_card(ticket: TicketView, asker: str, question: str, thread_id: str) -> OutgoingMessage:
+def info_request_card(ticket: Ticket, asker: str, question: str, thread_id: str) -> OutgoingMessage:
     d = Draft()
     d.heading(f"{_user(asker, 60)} from the helpdesk asks about {ticket.number}")
     d.para(f"“{_user(question, 800)}”", clip=False)
@@ -178,7 +150,7 @@ def info_request_card(ticket: TicketView, asker: str, question: str, thread_id: 
     return d.message(footer="Answer with the card, or reply here.")
 
 
-def ticket_resolved_card(ticket: TicketView, resolver: str, thread_id: str) -> OutgoingMessage:
+def ticket_resolved_card(ticket: Ticket, resolver: str, thread_id: str) -> OutgoingMessage:
     d = Draft()
     d.heading(f"{ticket.number} is resolved")
     resolution = _user(ticket.resolution, 800)
@@ -195,7 +167,7 @@ def ticket_resolved_card(ticket: TicketView, resolver: str, thread_id: str) -> O
     return d.message(footer="Did this fix it? Answer with the buttons; “No” reopens the ticket.")
 
 
-def ticket_list(tickets: Sequence[TicketView], title: str) -> OutgoingMessage:
+def ticket_list(tickets: Sequence[Ticket], title: str) -> OutgoingMessage:
     if not tickets:
         return text_message(f"**{title}**\n\nNone right now.")
     lines = [
@@ -207,7 +179,7 @@ def ticket_list(tickets: Sequence[TicketView], title: str) -> OutgoingMessage:
     return text_message(f"**{title}**\n\n" + "\n".join(lines))
 
 
-def ticket_summary(ticket: TicketView) -> OutgoingMessage:
+def ticket_summary(ticket: Ticket) -> OutgoingMessage:
     lines = [
         f"**{ticket.number}** · {ticket.status}"
         + (f" · {_user(ticket.assignee_name, 40)}" if ticket.assignee_name else ""),
