@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,17 +39,7 @@ class WebexAPI(Protocol):
         self, *, room_id: str, parent_id: str | None = None, max: int = 50
     ) -> list[Message]: ...
     async def is_member(self, room_id: str, person_id: str) -> bool: ...
-    async def post_message(
-        self,
-        *,
-        room_id: str | None = None,
-        to_person_id: str | None = None,
-        to_person_email: str | None = None,
-        parent_id: str | None = None,
-        text: str | None = None,
-        markdown: str | None = None,
-        attachments: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Message: ...
+    async def post_message(self, body: Mapping[str, Any]) -> Message: ...
 
 
 @dataclass(slots=True)
@@ -177,13 +167,7 @@ class Click:
 async def _send(
     ctx: BotContext, room_id: str, parent_id: str | None, reply: OutgoingMessage, kind: str
 ) -> Message:
-    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
-    posted = await ctx.webex.post_message(
-        room_id=body["roomId"],
-        parent_id=body.get("parentId"),
-        markdown=body["markdown"],
-        attachments=body.get("attachments"),
-    )
+    posted = await ctx.webex.post_message(reply.to_webex(room_id=room_id, parent_id=parent_id))
     ctx.metrics.replies_sent.labels(kind).inc()
     return posted
 

@@ -352,6 +352,6 @@ async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
             "Sorry, I couldn't answer your last message because of a problem on my side. "
             "Please try again later or contact the helpdesk."
         )
-        await ctx.webex.post_message(room_id=room_id, markdown=msg.markdown)
+        await ctx.webex.post_message(msg.to_webex(room_id=room_id))
     except Exception:  # best effort: the failure is already logged and stored
         log.exception("could not tell the user about failed event %s", event.event_id)

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -187,35 +187,11 @@ class WebexClient:
         reply = await self._call("GET", path, "/messages/{id}")
         return self._parse(Message, reply.body, "GET", path, reply)
 
-    async def post_message(
-        self,
-        *,
-        room_id: str | None = None,
-        to_person_id: str | None = None,
-        to_person_email: str | None = None,
-        parent_id: str | None = None,
-        text: str | None = None,
-        markdown: str | None = None,
-        attachments: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Message:
-        """Post a message; a timeout may mean it was posted anyway, so callers dedupe on their side."""
-        destinations = [d for d in (room_id, to_person_id, to_person_email) if d]
-        if len(destinations) != 1:
-            raise ValueError("exactly one of room_id, to_person_id, to_person_email is required")
-        if not text and not markdown:
-            # Webex needs it too, and clients that cannot render cards show only this fallback.
-            raise ValueError("text or markdown is required")
-        candidates: dict[str, Any] = {
-            "roomId": room_id,
-            "toPersonId": to_person_id,
-            "toPersonEmail": to_person_email,
-            "parentId": parent_id,
-            "text": text,
-            "markdown": markdown,
-            "attachments": [dict(a) for a in attachments] if attachments else None,
-        }
-        payload = {key: value for key, value in candidates.items() if value is not None}
-        reply = await self._call("POST", "/messages", "/messages", json_body=payload)
+    async def post_message(self, body: Mapping[str, Any]) -> Message:
+        """POST /messages with the body as the cards built it (OutgoingMessage.to_webex). A timeout may mean
+        it was posted anyway, so callers dedupe on their side."""
+        check_message_body(body)
+        reply = await self._call("POST", "/messages", "/messages", json_body=dict(body))
         return self._parse(Message, reply.body, "POST", "/messages", reply)
 
     async def list_messages(
@@ -471,6 +447,18 @@ class WebexClient:
                 status=reply.status,
                 tracking_id=reply.tracking_id,
             ) from exc
+
+
+DESTINATIONS = ("roomId", "toPersonId", "toPersonEmail")
+
+
+def check_message_body(body: Mapping[str, Any]) -> None:
+    """What Webex would refuse with a 400, refused here where the bug is."""
+    if sum(bool(body.get(key)) for key in DESTINATIONS) != 1:
+        raise ValueError("a message needs exactly one of roomId, toPersonId, toPersonEmail")
+    if not body.get("text") and not body.get("markdown"):
+        # Webex needs it too, and clients that cannot render cards show only this fallback.
+        raise ValueError("a message needs text or markdown")
 
 
 def _quote(resource_id: str) -> str:

@@ -179,7 +179,9 @@ async def test_forged_submit_is_ignored(
     fake_webex: FakeWebex, people: dict[str, Any], tmp_path: Path
 ) -> None:
     async with Bot(fake_webex, make_settings(fake_webex, db_url(tmp_path))) as bot:
-        posted = await bot.app[CONTEXT].webex.post_message(room_id=people["direct"]["id"], markdown="card")
+        posted = await bot.app[CONTEXT].webex.post_message(
+            {"roomId": people["direct"]["id"], "markdown": "card"}
+        )
         for inputs in ({"verb": "delete_everything"}, {"verb": "feedback", "helpful": "maybe"}, {}):
             action = fake_webex.add_attachment_action(posted.id, people["alice"], inputs)
             assert (await bot.post(fake_webex.action_created_envelope(action))).status == 200

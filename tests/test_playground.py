@@ -207,12 +207,12 @@ async def test_the_helpdesk_space_has_its_agent(client: TestClient[Any, Any]) ->
     local = client.app[LOCAL]
     assert await local.is_member(LOCAL_HELPDESK_ROOM, person_id(AGENT_EMAIL))
     assert not await local.is_member(LOCAL_HELPDESK_ROOM, person_id("you@example.com"))
-    posted = await local.post_message(room_id=LOCAL_HELPDESK_ROOM, markdown="a ticket")
+    posted = await local.post_message({"roomId": LOCAL_HELPDESK_ROOM, "markdown": "a ticket"})
     page = await (await client.get("/local/messages", params={"room": LOCAL_HELPDESK_ROOM})).json()
     assert [m["id"] for m in page["items"]] == [posted.id]
     assert page["items"][0]["roomType"] == "group"
     # Direct messages to a person land in that person's own space, not the helpdesk's.
-    direct = await local.post_message(to_person_email="someone@example.com", markdown="hi")
+    direct = await local.post_message({"toPersonEmail": "someone@example.com", "markdown": "hi"})
     page = await (await client.get("/local/messages", params={"email": "someone@example.com"})).json()
     assert [m["id"] for m in page["items"]] == [direct.id]
 

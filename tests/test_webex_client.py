@@ -139,11 +139,13 @@ async def test_post_message_threads_under_the_parent(
     parent = harness.fake.add_message(room["id"], alice, "blank screen when I sign in")
 
     posted = await harness.client().post_message(
-        room_id=room["id"],
-        parent_id=parent["id"],
-        markdown="**Try this**",
-        text="Try this",
-        attachments=[CARD],
+        {
+            "roomId": room["id"],
+            "parentId": parent["id"],
+            "markdown": "**Try this**",
+            "text": "Try this",
+            "attachments": [CARD],
+        }
     )
 
     assert posted.parent_id == parent["id"]
@@ -161,26 +163,26 @@ async def test_post_message_threads_under_the_parent(
 
 
 async def test_post_message_to_a_person_by_email(harness: Harness, alice: dict[str, Any]) -> None:
-    posted = await harness.client().post_message(to_person_email="alice@example.com", text="hi")
+    posted = await harness.client().post_message({"toPersonEmail": "alice@example.com", "text": "hi"})
 
     assert posted.room_type == "direct"
     assert harness.fake.posted_messages == [{"toPersonEmail": "alice@example.com", "text": "hi"}]
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "body",
     [
-        {"room_id": "r"},
-        {"room_id": "r", "text": ""},
+        {"roomId": "r"},
+        {"roomId": "r", "text": ""},
         {"text": "nowhere"},
-        {"room_id": "r", "to_person_id": "p", "text": "two places"},
+        {"roomId": "r", "toPersonId": "p", "text": "two places"},
     ],
 )
-async def test_post_message_refuses_incomplete_calls_without_a_request(
-    harness: Harness, kwargs: dict[str, Any]
+async def test_post_message_refuses_incomplete_bodies_without_a_request(
+    harness: Harness, body: dict[str, Any]
 ) -> None:
-    with pytest.raises(ValueError, match="required"):
-        await harness.client().post_message(**kwargs)
+    with pytest.raises(ValueError, match="a message needs"):
+        await harness.client().post_message(body)
 
     assert harness.fake.requests == []
 
@@ -273,7 +275,7 @@ async def test_on_response_gets_path_templates_not_ids(
     await client.get_me()
     await client.get_person(alice["id"])
     await client.get_message(stored["id"])
-    await client.post_message(room_id=room["id"], text="hi")
+    await client.post_message({"roomId": room["id"], "text": "hi"})
     await client.get_attachment_action(action["id"])
     await client.list_memberships(room_id=room["id"])
     await client.update_webhook(hook["id"], name="bot", target_url="https://bot.example.com/hook")
@@ -340,7 +342,7 @@ async def test_403_is_an_auth_error(harness: Harness) -> None:
 
 async def test_oversized_post_fails_fast_with_400(harness: Harness, room: dict[str, Any]) -> None:
     with pytest.raises(WebexBadRequest) as caught:
-        await harness.client().post_message(room_id=room["id"], markdown="x" * (MAX_MESSAGE_BYTES + 1))
+        await harness.client().post_message({"roomId": room["id"], "markdown": "x" * (MAX_MESSAGE_BYTES + 1)})
 
     assert caught.value.status == 400
     assert "7439" in str(caught.value)
@@ -412,7 +414,7 @@ async def test_429_without_retry_after_uses_the_default(harness: Harness) -> Non
     harness.fake.fail_next("POST", "/messages", status=429)
     room = harness.fake.add_room("group")
 
-    await harness.client(retry_after_default=3.0).post_message(room_id=room["id"], text="hi")
+    await harness.client(retry_after_default=3.0).post_message({"roomId": room["id"], "text": "hi"})
 
     assert harness.sleeps == [3.0]
     assert len(harness.fake.posted_messages) == 1
@@ -537,7 +539,7 @@ async def test_post_is_not_blindly_retried_after_a_connection_reset(
     harness.fake.reset_next("POST", "/messages")
 
     with pytest.raises(WebexMaybePosted) as info:
-        await harness.client().post_message(room_id=room["id"], text="hello")
+        await harness.client().post_message({"roomId": room["id"], "text": "hello"})
 
     assert "may have taken effect" in str(info.value)
     assert harness.statuses == ["error"]

@@ -133,18 +133,10 @@ class LocalWebex:
     async def is_member(self, room_id: str, person_id: str) -> bool:
         return (room_id, person_id) in self.members
 
-    async def post_message(
-        self,
-        *,
-        room_id: str | None = None,
-        to_person_id: str | None = None,
-        to_person_email: str | None = None,
-        parent_id: str | None = None,
-        text: str | None = None,
-        markdown: str | None = None,
-        attachments: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Message:
-        room = self._destination(room_id, to_person_id, to_person_email)
+    async def post_message(self, body: Mapping[str, Any]) -> Message:
+        room = self._destination(body.get("roomId"), body.get("toPersonId"), body.get("toPersonEmail"))
+        text, markdown = body.get("text"), body.get("markdown")
+        parent_id, attachments = body.get("parentId"), body.get("attachments")
         # Refuse what Webex refuses, so a bug shows up here rather than in production.
         if not (text or markdown):
             raise self._bad_request("text or markdown is required")
