@@ -21,7 +21,6 @@ from bot.dispatch import Router
 from bot.models import Message, Person
 from bot.redact import redact
 from bot.store import Ticket, TicketChange
-from bot.webex import WebexNotFound
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
         steps_suggested=steps,
         note=redact(submit.note.strip()) or None,
         transcript=transcript,
+        # The card's thread in a group space, None in a direct one: notices later go there without asking.
+        reply_parent=parent_id,
     )
     if created:
         log.info("ticket %s filed by %s", ticket.number, action.person_id)
@@ -90,20 +91,10 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
     )
 
 
-async def _requester_parent(ctx: BotContext, ticket: Ticket) -> str | None:
-    """Threaded in a group space, plain in a direct one; the thread's first message says which."""
-    if not ticket.thread_id:
-        return None
-    try:
-        first = await ctx.webex.get_message(ticket.thread_id)
-    except WebexNotFound:
-        return None
-    return ticket.thread_id if first.room_type == "group" else None
-
-
 async def _tell_requester(click: Click, ticket: Ticket, message: OutgoingMessage, kind: str) -> None:
-    parent = await _requester_parent(click.ctx, ticket)
-    await post_once(click.ctx, click.effects, ticket.room_id, parent, message, kind=kind, step="requester")
+    await post_once(
+        click.ctx, click.effects, ticket.room_id, ticket.reply_parent, message, kind=kind, step="requester"
+    )
 
 
 async def _tell_helpdesk(click: Click, ticket: Ticket, markdown: str, kind: str) -> None:

@@ -678,6 +678,7 @@ def a_ticket(**changes: Any) -> Ticket:
         "claimed_at": None,
         "resolved_at": None,
         "updated_at": now,
+        "reply_parent": THREAD,
     }
     return Ticket(**(values | changes))
 

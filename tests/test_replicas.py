@@ -164,6 +164,7 @@ async def test_outbox_with_two_replicas_delivers_each_event_once_in_order(
                         steps_suggested=[],
                         note=None,
                         transcript=[],
+                        reply_parent=None,
                     )
                     await asyncio.sleep(0.01 * (i % 3))
                     assert await store.claim_ticket(ticket.number, assignee_id="sam", assignee_name="Sam")

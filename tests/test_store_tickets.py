@@ -53,6 +53,7 @@ async def open_ticket(store: Store, key: str = "m1", **overrides: Any) -> Ticket
         "steps_suggested": ["Sign out", "Sign in again"],
         "note": "tried twice",
         "transcript": [{"who": "Ann", "text": "help", "at": "2025-03-01T07:00:00+00:00"}],
+        "reply_parent": f"thread-{key}",
     }
     ticket, created = await store.create_ticket(dedupe_key=key, **(facts | overrides))
     assert created
@@ -112,6 +113,7 @@ async def test_tickets_are_numbered_from_1001_and_read_back(store: Store, clock:
         claimed_at=None,
         resolved_at=None,
         updated_at=clock() - timedelta(seconds=5),
+        reply_parent="thread-m1",
     )
     assert (second.thread_id, second.note) == (None, None)
     for spelling in ("HD-1002", "hd-1002", "1002", " HD1002 ", "#1002"):
@@ -145,6 +147,7 @@ async def test_create_is_idempotent_on_the_dedupe_key(
         steps_suggested=[],
         note=None,
         transcript=[],
+        reply_parent=None,
     )
     assert (again, created) == (first, False)
     # A redelivered event racing itself across replicas still makes one ticket.
@@ -171,6 +174,7 @@ async def open_ticket_or_existing(store: Store, key: str) -> tuple[Ticket, bool]
         steps_suggested=[],
         note=None,
         transcript=[],
+        reply_parent=None,
     )
 
 

@@ -127,11 +127,19 @@ async def test_escalate_claim_resolve_reopen(
             await click(bot, fake_webex, ticket_post, world["mallory"], verb(ticket_post, "claim"))
             await wait_for(lambda: len(posted_in(fake_webex, helpdesk)) == 2, what="the refusal")
             assert "only members of the helpdesk" in posted_in(fake_webex, helpdesk)[1]["markdown"]
+            before_claim = len(fake_webex.requests)
             await click(bot, fake_webex, ticket_post, world["sam"], verb(ticket_post, "claim"))
             await wait_for(
                 lambda: any("is on it" in m["markdown"] for m in posted_in(fake_webex, sales)),
                 what="claim notice",
             )
+            # The ticket knows where its requester's notices go: no GET of the thread's first message.
+            thread_reads = [
+                r
+                for r in fake_webex.requests[before_claim:]
+                if r.method == "GET" and r.path == f"/messages/{top['id']}"
+            ]
+            assert thread_reads == []
             notice = next(m for m in posted_in(fake_webex, sales) if "is on it" in m["markdown"])
             assert (
                 notice["markdown"].startswith("Sam from the helpdesk is on it")

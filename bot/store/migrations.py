@@ -128,7 +128,14 @@ UPGRADE_TO_V3: list[UpgradeStatement] = [
     ),
 ]
 
-UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2, UPGRADE_TO_V3]
+# Tickets remember where their requester's notices go (no GET /messages per notice). Tickets filed before it
+# get their thread: in a direct space a threaded notice is still delivered, only not as a plain message.
+UPGRADE_TO_V4: list[UpgradeStatement] = [
+    "ALTER TABLE tickets ADD COLUMN reply_parent VARCHAR(255)",
+    "UPDATE tickets SET reply_parent = thread_id",
+]
+
+UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2, UPGRADE_TO_V3, UPGRADE_TO_V4]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 

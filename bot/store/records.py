@@ -79,6 +79,8 @@ class Ticket:
     claimed_at: datetime | None
     resolved_at: datetime | None
     updated_at: datetime
+    # Where notices to the requester go: their thread in a group space, None (plain) in a direct one.
+    reply_parent: str | None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Stats:
 def ticket_payload(ticket: Ticket) -> dict[str, Any]:
     """The ticket as plain JSON: what the ITSM webhook receives."""
     payload = asdict(ticket)
+    del payload["reply_parent"]  # how the bot addresses the requester in Webex, nothing an ITSM system needs
     for key, value in payload.items():
         if isinstance(value, datetime):
             payload[key] = value.isoformat()

@@ -182,6 +182,9 @@ tickets = Table(
     Column("claimed_at", UtcDateTime),
     Column("resolved_at", UtcDateTime),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Where notices to the requester go: their thread in a group space, None (plain) in a direct one. Last,
+    # where version 4's ALTER TABLE put it.
+    Column("reply_parent", String(255)),
     _status_in(TICKET_STATUSES),
     Index(None, "status", "created_at"),
     Index(None, "requester_id", "created_at"),

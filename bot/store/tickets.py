@@ -56,6 +56,7 @@ class TicketStore(StoreBase):
         steps_suggested: Sequence[str],
         note: str | None,
         transcript: Sequence[Mapping[str, str]],
+        reply_parent: str | None,
     ) -> tuple[Ticket, bool]:
         """Open a ticket once per dedupe_key; a retry gets the existing ticket and False."""
         now = self._now()
@@ -83,6 +84,7 @@ class TicketStore(StoreBase):
                 "reopened": 0,
                 "created_at": now,
                 "updated_at": now,
+                "reply_parent": reply_parent,
             }
             insert = self._insert_or_ignore(tickets, "dedupe_key", values).returning(*tickets.c)
             row = (await conn.execute(insert)).first()
