@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Table
@@ -45,6 +45,22 @@ class StoreBase:
     @property
     def dialect(self) -> Literal["sqlite", "postgresql"]:
         return "sqlite" if self._engine.dialect.name == "sqlite" else "postgresql"
+
+    def _failure(self, error: str, retry_in: float | None, *, retrying: str | None) -> dict[str, Any]:
+        """The columns of a failed attempt: the error, the lease let go, and either dead (retry_in None) or
+        the time of the next try (with status `retrying` where the table marks it)."""
+        changes: dict[str, Any] = {
+            "last_error": error[:MAX_ERROR_CHARS],
+            "leased_by": None,
+            "lease_until": None,
+        }
+        if retry_in is None:
+            changes["status"] = "dead"
+            return changes
+        if retrying is not None:
+            changes["status"] = retrying
+        changes["next_attempt_at"] = self._now() + timedelta(seconds=max(retry_in, 0.0))
+        return changes
 
     def _now(self) -> datetime:
         now = self._clock()

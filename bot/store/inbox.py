@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from bot.store.base import MAX_ERROR_CHARS, StoreBase
+from bot.store.base import StoreBase
 from bot.store.records import STATUSES, InboxEvent
 from bot.store.schema import event_effects, inbox, read_record
 
@@ -94,17 +94,7 @@ class InboxStore(StoreBase):
         await self._update_event(event_id, status="done", leased_by=None, lease_until=None)
 
     async def mark_failed(self, event_id: str, error: str, *, retry_in: float | None) -> None:
-        changes: dict[str, Any] = {
-            "last_error": error[:MAX_ERROR_CHARS],
-            "leased_by": None,
-            "lease_until": None,
-        }
-        if retry_in is None:
-            changes["status"] = "dead"
-        else:
-            changes["status"] = "failed"
-            changes["next_attempt_at"] = self._now() + timedelta(seconds=max(retry_in, 0.0))
-        await self._update_event(event_id, **changes)
+        await self._update_event(event_id, **self._failure(error, retry_in, retrying="failed"))
 
     async def renew_leases(self, worker_id: str, lease_seconds: float) -> int:
         """Extend the leases this worker holds: a live worker keeps its events, a dead one loses them soon."""

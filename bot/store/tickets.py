@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
-from bot.store.base import MAX_ERROR_CHARS, StoreBase
+from bot.store.base import StoreBase
 from bot.store.records import (
     FIRST_TICKET_NUMBER,
     OutboxItem,
@@ -282,16 +282,8 @@ class TicketStore(StoreBase):
 
     async def mark_outbox_failed(self, item_id: int, error: str, *, retry_in: float | None) -> None:
         """Retry after retry_in seconds, or give up (None): a dead item still holds back its ticket's later ones."""
-        changes: dict[str, Any] = {
-            "last_error": error[:MAX_ERROR_CHARS],
-            "leased_by": None,
-            "lease_until": None,
-        }
-        if retry_in is None:
-            changes["status"] = "dead"
-        else:
-            changes["next_attempt_at"] = self._now() + timedelta(seconds=max(retry_in, 0.0))
-        await self._update_outbox(item_id, **changes)
+        # An outbox item waiting for its retry stays "pending".
+        await self._update_outbox(item_id, **self._failure(error, retry_in, retrying=None))
 
     async def _update_outbox(self, item_id: int, **changes: Any) -> None:
         async with self._begin() as conn:
