@@ -164,7 +164,7 @@ async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
             return
         except (WebexError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("cannot learn the bot's identity yet, retrying in %.0fs: %s", delay, exc)
-            await asyncio.sleep(delay + random.uniform(0, delay / 2))  # noqa: S311
+            await asyncio.sleep(delay + random.uniform(0, delay / 2))  # noqa: S311 - jitter, not a secret
             delay = min(delay * 2, 60.0)
             continue
         log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)

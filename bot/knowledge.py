@@ -102,6 +102,8 @@ class LinkFile(_Strict):
 class ScopeFile(_Strict):
     # Phrases that name things this bot does not handle (other products, meeting audio...).
     out_of_scope: tuple[NonEmpty, ...] = ()
+    # What "webex is broken" is offered: the broad articles a vague message most likely means.
+    broad_choices: tuple[ArticleId, ...] = ()
 
 
 class _Words(_Strict):
@@ -251,6 +253,7 @@ class KnowledgeBase(BaseModel):
     articles: dict[str, Article]
     links: dict[str, Link]
     out_of_scope: tuple[str, ...] = ()
+    broad_choices: tuple[str, ...] = ()
     words: WordLists = WordLists()
     # Per language: the link titles and the out-of-scope markers of i18n/<lang>.toml.
     link_titles: dict[str, dict[str, str]] = Field(default_factory=dict)
@@ -489,6 +492,10 @@ def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | No
         scope = ScopeFile.model_validate(scope_doc or {})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, SCOPE_FILE, ""))
+    known = {a.id for a in articles}
+    for choice in scope.broad_choices:
+        if choice not in known:
+            problems.append(Problem(SCOPE_FILE, "broad_choices", choice, "no such article"))
     word_lists = WordLists()
     try:
         word_lists = WordLists.model_validate(docs[WORDS_FILE] or {})
@@ -514,6 +521,7 @@ def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | No
         articles=by_id,
         links=links,
         out_of_scope=scope.out_of_scope,
+        broad_choices=scope.broad_choices,
         words=word_lists,
         link_titles={lang: dict(doc.links) for lang, doc in translated.items()},
         out_of_scope_by_lang={lang: doc.out_of_scope for lang, doc in translated.items()},

@@ -165,7 +165,7 @@ class WebexClient:
         self._on_response = on_response
         self._sleep = sleep
         # Jitter only spreads retries out; it needs no cryptographic strength.
-        self._rng = rng or random.Random()  # noqa: S311
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not a secret
 
     def __repr__(self) -> str:
         # Spelled out so the token in self._headers can never leak through a repr in a log line.

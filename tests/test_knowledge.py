@@ -215,3 +215,12 @@ def test_a_broken_translation_file_is_an_error(tmp_path: Path) -> None:
         load_knowledge(folder)
     found = {(p.file, p.entry) for p in info.value.problems}
     assert ("i18n/fr.toml", "no-such-article") in found and ("i18n/english.toml", "") in found
+
+
+def test_broad_choices_must_name_articles(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    scope = folder / "scope.toml"
+    scope.write_text(scope.read_text().replace('"blank-screen"]', '"no-such-article"]'))
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    assert [(p.file, p.field) for p in info.value.problems] == [("scope.toml", "no-such-article")]

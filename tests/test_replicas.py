@@ -89,12 +89,12 @@ async def file_tickets(bot: Bot, fake: FakeWebex, world: dict[str, Any], n: int)
         ask = fake.add_message(world["sales"], world["alice"], "talk to a human")
         assert (await bot.post(fake.message_created_envelope(ask))).status == 200
         note_cards = partial(bot_messages, fake, world["sales"], parent_id=ask["id"])
-        await until(lambda: bool(note_cards()), 10, "the note card")  # noqa: B023
+        await until(lambda: bool(note_cards()), 10, "the note card")  # noqa: B023 - awaited inside this iteration
         note_card = note_cards()[0]
         action = fake.add_attachment_action(note_card["id"], world["alice"], verb(note_card, "file_ticket"))
         assert (await bot.post(fake.action_created_envelope(action))).status == 200
         filed = i + 1
-        await until(lambda: len(bot_messages(fake, world["helpdesk"])) == filed, 10, "the ticket card")  # noqa: B023
+        await until(lambda: len(bot_messages(fake, world["helpdesk"])) == filed, 10, "the ticket card")  # noqa: B023 - awaited inside this iteration
     return bot_messages(fake, world["helpdesk"])
 
 
@@ -116,7 +116,7 @@ async def test_two_claims_at_once_on_two_replicas_one_wins(
             )
             assert [r.status for r in acks] == [200, 200]
             under = partial(bot_messages, fake_webex, helpdesk, parent_id=card["id"])
-            await until(lambda: len(under()) >= 2, 10, f"both answers under {number}")  # noqa: B023
+            await until(lambda: len(under()) >= 2, 10, f"both answers under {number}")  # noqa: B023 - awaited inside this iteration
         await a.idle()
         await b.idle()
         await asyncio.sleep(0.3)

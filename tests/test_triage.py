@@ -340,3 +340,18 @@ def test_typo_memory_is_bounded_and_changes_no_answer(kb: KnowledgeBase) -> None
         fresh.correct(f"qzx{n:05d}")
     assert len(fresh.corrections) <= MAX_CORRECTIONS
     assert triage(text, fresh) == first == triage(text, TriageIndex.build(kb))
+
+
+@pytest.mark.parametrize("text", ["webex is broken", "Webex doesn't work", "webex login broken"])
+def test_a_vague_message_gets_the_broad_choices(text: str, index: TriageIndex, kb: KnowledgeBase) -> None:
+    result = triage(text, index)
+    assert result.outcome == "clarify" and not result.confident
+    assert [m.id for m in result.matches] == list(kb.broad_choices)
+    assert {m.evidence for m in result.matches} == {"broad"}
+
+
+@pytest.mark.parametrize(
+    "text", ["blank screen when I sign in to webex", "my webex camera is broken", "Error: 1000:1002", "hello"]
+)
+def test_a_message_that_says_something_is_not_vague(text: str, index: TriageIndex) -> None:
+    assert all(m.evidence != "broad" for m in triage(text, index).matches)

@@ -27,6 +27,7 @@ DOMINANT_MARGIN = 0.2
 CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
 FOREIGN_WORDS = 2  # unknown words that, with no Webex word, make "error 600" some other system's error
 OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
+VAGUE_WORDS = 2  # "webex is broken", "webex phone not working today": a Webex word and little else
 UNKNOWN_WEIGHT = 1.0  # what a word the knowledge lacks weighs in the message's total: a common word's idf
 # Long messages are also judged sentence by sentence (and by pairs of neighbouring sentences).
 LONG_WORDS = 30
@@ -257,6 +258,10 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
         ranked.sort(key=_rank_key)
     outcome = _decide(ranked, codes, index)
     matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
+    if outcome != "fix" and not codes and not unknown and not markers and _vague(message_words, index):
+        # "webex is broken": too little to go on, but a person asking that is best helped by the common cases.
+        outcome = "clarify"
+        matches = tuple(Match(article_id, 0.0, "broad") for article_id in index.kb.broad_choices[:limit])
     return TriageResult(
         outcome=outcome,
         matches=matches,
@@ -264,6 +269,15 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
         unknown_codes=tuple(unknown),
         out_of_scope=markers,
     )
+
+
+def _vague(message_words: list[str], index: TriageIndex) -> bool:
+    """A short message about Webex that says nothing more: a Webex word and at most VAGUE_WORDS others."""
+    lexicon = index.lexicon
+    if lexicon.webex_words.isdisjoint(message_words):
+        return False
+    content = [w for w in lexicon.apply_synonyms(message_words) if w not in lexicon.stopwords]
+    return len([w for w in content if w not in lexicon.webex_words]) <= VAGUE_WORDS
 
 
 def _decide(ranked: list[_Candidate], codes: Found, index: TriageIndex) -> Outcome:

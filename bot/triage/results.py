@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 Outcome = Literal["fix", "clarify", "none"]
-Evidence = Literal["code", "name", "text", "number"]
+# "broad": offered to a vague message because it is a common problem, not because the message says so.
+Evidence = Literal["code", "name", "text", "number", "broad"]
 
 
 # Named tuples rather than frozen dataclasses: as immutable, and made several times per message at a third of
