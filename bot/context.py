@@ -17,7 +17,7 @@ from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.triage import LANGS, TriageIndex
-from bot.webex import WebexError, WebexMaybePosted
+from bot.webex import FileUpload, WebexError, WebexMaybePosted
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class WebexAPI(Protocol):
     ) -> list[Message]: ...
     async def is_member(self, room_id: str, person_id: str) -> bool: ...
     async def post_message(self, body: Mapping[str, Any]) -> Message: ...
+    async def post_message_with_file(self, body: Mapping[str, Any], file: FileUpload) -> Message: ...
 
 
 @dataclass(slots=True)
@@ -249,5 +250,28 @@ async def post_once(
         log.info("event %s: %s was already posted", effects.event_id, step)
         return before
     posted = await _send(ctx, room_id, parent_id, reply, kind)
+    await _keep(ctx, lambda: effects.record(step, posted.id), step)
+    return posted.id
+
+
+async def post_file_once(
+    ctx: BotContext,
+    effects: Effects,
+    room_id: str,
+    parent_id: str | None,
+    reply: OutgoingMessage,
+    file: FileUpload,
+    *,
+    kind: str,
+    step: str,
+) -> str:
+    """post_once for a message with a file (multipart): its text, one file, no card."""
+    before = (await effects.known()).get(step)
+    if before is not None:
+        log.info("event %s: %s was already posted", effects.event_id, step)
+        return before
+    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
+    posted = await ctx.webex.post_message_with_file(body, file)
+    ctx.metrics.replies_sent.labels(kind).inc()
     await _keep(ctx, lambda: effects.record(step, posted.id), step)
     return posted.id

@@ -16,15 +16,17 @@ from bot.cards import (
     SetupPageData,
     ShowData,
 )
-from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_reply
+from bot.charts import CHART_FILENAME, CHART_TYPE, stats_chart
+from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_file_once, post_once, post_reply
 from bot.dispatch import Router
+from bot.gaps import find_gaps
 from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
 from bot.triage import TriageResult, asked_language, message_language, triage
-from bot.webex import WebexNotFound
+from bot.webex import FileUpload, WebexError, WebexMaybePosted, WebexNotFound
 
 __all__ = ["BotContext", "Knowledge", "WebexAPI", "handle_event", "tell_failure"]
 
@@ -88,6 +90,8 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         )
         ctx.metrics.triage_outcomes.labels(_outcome_label(reply.triage.outcome)).inc()
     await post_reply(ctx, event, message.room_id, parent, reply.message, kind=reply.kind)
+    if reply.upload is not None:
+        await _post_upload(ctx, event, message.room_id, parent, reply.upload)
     await ctx.store.log_message(
         room_id=message.room_id,
         thread_id=parent,
@@ -102,10 +106,40 @@ REFUSAL_DOMAIN = "Sorry, I can only help people from this organisation. Please c
 
 
 @dataclass(frozen=True, slots=True)
+class Upload:
+    """A file that follows the reply as a message of its own: Webex takes a card or an upload, not both."""
+
+    message: OutgoingMessage
+    file: FileUpload
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     message: OutgoingMessage
     kind: str
     triage: TriageResult | None = None
+    upload: Upload | None = None
+
+
+async def _post_upload(
+    ctx: BotContext, event: InboxEvent, room_id: str, parent: str | None, upload: Upload
+) -> None:
+    effects = Effects(ctx.store, event.event_id)
+    try:
+        await post_file_once(
+            ctx, effects, room_id, parent, upload.message, upload.file, kind="file", step="file"
+        )
+    except WebexMaybePosted as exc:
+        # It may be there already; a second copy would be worse than none.
+        log.warning(
+            "event %s: the upload of %s may not have arrived: %s", event.event_id, upload.file.filename, exc
+        )
+    except WebexError as exc:
+        log.warning("event %s: Webex refused the upload of %s: %s", event.event_id, upload.file.filename, exc)
+        note = cards.text_message(
+            f"I couldn't attach {upload.file.filename}: Webex said no ({exc.status or 'no answer'})."
+        )
+        await post_once(ctx, effects, room_id, parent, note, kind="file", step="file-failed")
 
 
 Command = Callable[[Route, Message, BotContext], Awaitable[Reply]]
@@ -172,14 +206,36 @@ def _admin_only(command: Command) -> Command:
 @commands.register("stats")
 @_admin_only
 async def on_stats(r: Route, message: Message, ctx: BotContext) -> Reply:
-    stats = await ctx.store.stats(since=datetime.now(UTC) - timedelta(days=r.days))
-    return Reply(cards.stats_card(stats, r.days, ctx.knowledge.kb), "stats")
+    since = datetime.now(UTC) - timedelta(days=r.days)
+    stats = await ctx.store.stats(since=since)
+    per_day = await ctx.store.daily_counts(since)
+    # Drawing takes tens of milliseconds of CPU: off the event loop, where it would stall every other event.
+    png = await asyncio.to_thread(stats_chart, per_day, r.days)
+    chart = Upload(cards.text_message(chart_caption(r.days)), FileUpload(CHART_FILENAME, CHART_TYPE, png))
+    return Reply(cards.stats_card(stats, r.days, ctx.knowledge.kb), "stats", upload=chart)
+
+
+def chart_caption(days: int) -> str:
+    return (
+        f"The last {days} day{'s' if days != 1 else ''}, per day: messages, confident answers, "
+        "“Yes, this helped” and escalations."
+    )
 
 
 @commands.register("unmatched")
 @_admin_only
 async def on_unmatched(r: Route, message: Message, ctx: BotContext) -> Reply:
     return Reply(cards.unmatched_list(await ctx.store.unmatched(limit=20)), "unmatched")
+
+
+@commands.register("gaps")
+@_admin_only
+async def on_gaps(r: Route, message: Message, ctx: BotContext) -> Reply:
+    questions = await ctx.store.gap_questions(since=datetime.now(UTC) - timedelta(days=r.days))
+    lexicon = ctx.knowledge.index.lexicon
+    # Comparing every question with every other is CPU work: off the event loop.
+    found = await asyncio.to_thread(find_gaps, questions, lexicon, limit=GAPS_SHOWN)
+    return Reply(cards.gaps_card(found, r.days, len(questions), ctx.knowledge.kb), "gaps")
 
 
 @commands.register("reload")
@@ -213,9 +269,11 @@ async def on_help(r: Route, message: Message, ctx: BotContext) -> Reply:
 ADMIN_ONLY = (
     "Sorry, that command is for the bot's admins. Ask your Webex administrator if you need the numbers."
 )
+GAPS_SHOWN = 5
 ADMIN_COMMANDS = (
-    ("stats [7d|30d]", "how the bot is doing: answers, feedback, deflection, escalations, tickets"),
-    ("unmatched", "the latest questions without a confident answer (where the knowledge has gaps)"),
+    ("stats [7d|30d]", "how the bot is doing: answers, feedback, deflection, escalations, tickets, a chart"),
+    ("gaps [7d|30d]", "what the knowledge is missing: similar unanswered questions, largest group first"),
+    ("unmatched", "the latest questions without a confident answer"),
     ("reload knowledge", "re-read the knowledge files; on any error the current knowledge stays"),
 )
 

@@ -38,6 +38,7 @@ KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FIL
 _WORD = r"[a-z0-9]+"
 Word = Annotated[str, Field(pattern=rf"^{_WORD}$", max_length=64)]
 WordForm = Annotated[str, Field(pattern=rf"^{_WORD}( {_WORD})*$", max_length=200)]
+DRAFT_MARK = "TODO"  # what a draft article (`gaps --draft`) leaves for the admin to write
 
 
 class _Strict(BaseModel):
@@ -73,6 +74,17 @@ class ArticleFile(_Strict):
     phrases: tuple[NonEmpty, ...] = ()
     steps: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
     links: tuple[str, ...] = ()
+
+    @field_validator("summary", "steps")
+    @classmethod
+    def _written(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        # A draft from `python -m bot gaps --draft` leaves these to the admin, marked TODO.
+        for text in (value,) if isinstance(value, str) else value:
+            if text.startswith(DRAFT_MARK):
+                raise ValueError(
+                    f"still a draft: replace the text that starts with {DRAFT_MARK} with the real one"
+                )
+        return value
 
 
 class SetupStepFile(_Strict):
