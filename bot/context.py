@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bot.cards import OutgoingMessage
@@ -85,6 +89,20 @@ class Knowledge:
 
 
 @dataclass(slots=True)
+class ReplicaState:
+    """What this process has loaded of the knowledge the replicas share (bot/replicas.py keeps it)."""
+
+    replica_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    )
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    version: int = 0  # the shared knowledge version this process has loaded (or failed to, see error)
+    error: str | None = None
+    interval: float = 2.0  # seconds between heartbeats (REPLICA_CHECK_SECONDS)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time in this process
+
+
+@dataclass(slots=True)
 class BotContext:
     settings: Settings
     knowledge: Knowledge
@@ -101,6 +119,7 @@ class BotContext:
     posted: OrderedDict[str, str] = field(default_factory=OrderedDict)
     # The language each person last wrote in, per room: a short "ja" or "merci" keeps the conversation's.
     languages: OrderedDict[tuple[str, str], str] = field(default_factory=OrderedDict)
+    replica: ReplicaState = field(default_factory=ReplicaState)
 
     def remember_language(self, room_id: str, person_id: str, lang: str) -> None:
         self.languages[(room_id, person_id)] = lang

@@ -20,9 +20,9 @@ from bot.charts import CHART_FILENAME, CHART_TYPE, stats_chart
 from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_file_once, post_once, post_reply
 from bot.dispatch import Router
 from bot.gaps import find_gaps
-from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
+from bot.replicas import reload_everywhere
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
 from bot.triage import TriageResult, asked_language, message_language, triage
@@ -241,7 +241,7 @@ async def on_gaps(r: Route, message: Message, ctx: BotContext) -> Reply:
 @commands.register("reload")
 @_admin_only
 async def on_reload(r: Route, message: Message, ctx: BotContext) -> Reply:
-    return Reply(await reload_knowledge(ctx, message.person_email), "reload")
+    return Reply(await reload_everywhere(ctx, message.person_email), "reload")
 
 
 @commands.register("setup_next", "setup_previous")
@@ -284,24 +284,6 @@ def _setup_page(ctx: BotContext, room_id: str, person_id: str, page: int, thread
     page = min(max(page, 0), pages - 1)
     ctx.remember_setup_page(room_id, person_id, page)
     return Reply(cards.setup_guide_card(ctx.knowledge.kb, page, thread_id, SETUP_PAGE_SIZE), "setup")
-
-
-async def reload_knowledge(ctx: BotContext, who: str) -> OutgoingMessage:
-    """Re-read KNOWLEDGE_DIR; keep the old knowledge on any error. Affects this replica (see README)."""
-    settings = ctx.settings
-    try:
-        # File reads and index building stay off the event loop.
-        new = await asyncio.to_thread(load_knowledge, settings.knowledge_dir, settings.link_overrides)
-        knowledge = await asyncio.to_thread(Knowledge.build, new)
-    except KnowledgeError as exc:
-        log.warning("knowledge reload by %s refused: %d problem(s)", who, len(exc.problems))
-        return cards.reload_failed([str(p) for p in exc.problems])
-    diff = diff_knowledge(ctx.knowledge.kb, new)
-    ctx.knowledge = knowledge
-    log.info(
-        "knowledge reloaded by %s: +%d -%d ~%d", who, len(diff.added), len(diff.removed), len(diff.changed)
-    )
-    return cards.reload_done(diff.added, diff.removed, diff.changed, len(new.articles))
 
 
 def _outcome_label(outcome: str) -> str:

@@ -139,12 +139,25 @@ def reload_failed(problems: Sequence[str]) -> OutgoingMessage:
 
 
 def reload_done(
-    added: Sequence[str], removed: Sequence[str], changed: Sequence[str], total: int
+    added: Sequence[str],
+    removed: Sequence[str],
+    changed: Sequence[str],
+    total: int,
+    *,
+    replicas: tuple[int, int, Sequence[str]] | None = None,
 ) -> OutgoingMessage:
+    """The reload's changes; `replicas` is (took it, running, notes on the others) when they were counted."""
     if not (added or removed or changed):
-        return text_message(f"**Knowledge reloaded**: no changes ({total} articles).")
-    parts = [f"**Knowledge reloaded**: {total} articles."]
+        parts = [f"**Knowledge reloaded**: no changes ({total} articles)."]
+    else:
+        parts = [f"**Knowledge reloaded**: {total} articles."]
     for label, ids in (("Added", added), ("Removed", removed), ("Changed", changed)):
         if ids:
             parts.append(f"{label} ({len(ids)}): " + ", ".join(ids[:40]) + (" …" if len(ids) > 40 else ""))
+    if replicas is not None:
+        took, live, notes = replicas
+        parts.append(
+            f"Replicas: {took} of {live} took it."
+            + "".join(f"\n- {escape_user_text(n, 300)}" for n in notes[:10])
+        )
     return text_message("\n\n".join(parts))
