@@ -77,7 +77,9 @@ def find_gaps(questions: Sequence[GapQuestion], lexicon: Lexicon, *, limit: int 
         # The question alike to the most others still left leads the next group (star clustering: no chains
         # of "a is like b is like c" where a and c have nothing in common).
         reach = (alike[:, left] @ weights[left]) * left
-        leader = int(np.argmax(reach))  # the first of equals: questions come newest first
+        # Of equals: the question asked most often, then the shortest (the plainest title), then the newest.
+        tied = np.flatnonzero(reach == reach.max())
+        leader = int(min(tied, key=lambda c: (-weights[c], len(choices[c]), c)))
         members = np.flatnonzero(alike[leader] & left)
         left[members] = False
         # The leader first, then the others by how alike they are to it.
@@ -91,6 +93,8 @@ def find_gaps(questions: Sequence[GapQuestion], lexicon: Lexicon, *, limit: int 
 
 
 def _key(text: str, lexicon: Lexicon) -> str:
+    # A masked secret says nothing about what was asked.
+    text = text.replace(MASK, " ")
     tokens = lexicon.tokens(text)
     return " ".join(tokens) if tokens else " ".join(words(normalize(text)))
 

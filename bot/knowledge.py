@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Category = Literal[
     "sso",
@@ -77,13 +77,18 @@ class ArticleFile(_Strict):
 
     @field_validator("summary", "steps")
     @classmethod
-    def _written(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    def _written(cls, value: str | tuple[str, ...], info: ValidationInfo) -> str | tuple[str, ...]:
         # A draft from `python -m bot gaps --draft` leaves these to the admin, marked TODO.
-        for text in (value,) if isinstance(value, str) else value:
-            if text.startswith(DRAFT_MARK):
+        if isinstance(value, str):
+            if value.startswith(DRAFT_MARK):
                 raise ValueError(
-                    f"still a draft: replace the text that starts with {DRAFT_MARK} with the real one"
+                    f"still a draft: the {info.field_name} says {DRAFT_MARK}; write the real one"
                 )
+            return value
+        todo = [str(n) for n, text in enumerate(value, 1) if text.startswith(DRAFT_MARK)]
+        if todo:
+            which = f"step {todo[0]} says" if len(todo) == 1 else f"steps {', '.join(todo)} say"
+            raise ValueError(f"still a draft: {which} {DRAFT_MARK}; write the real steps")
         return value
 
 
