@@ -202,4 +202,5 @@ def _tally(live: Sequence[Replica], version: int, fingerprint: str, me: str) -> 
 
 def _problems(exc: KnowledgeError) -> str:
     first = str(exc.problems[0]) if exc.problems else "unknown problem"
-    return f"{len(exc.problems)} problem(s), the first: {first}"[:MAX_ERROR_CHARS]
+    count = len(exc.problems)
+    return f"{count} problem{'s' if count != 1 else ''}, the first: {first}"[:MAX_ERROR_CHARS]
