@@ -257,6 +257,10 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
             cand.order = order.get(cand.id, 0)
         ranked.sort(key=_rank_key)
     outcome = _decide(ranked, codes, index)
+    if outcome == "fix" and unknown and not codes:
+        # "1000:1011" is a code the catalogue lacks: a fix for some other article, however well the words
+        # match, would answer a question the person did not ask.
+        outcome = "clarify"
     matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
     if outcome != "fix" and not codes and not unknown and not markers and _vague(message_words, index):
         # "webex is broken": too little to go on, but a person asking that is best helped by the common cases.
