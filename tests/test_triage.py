@@ -236,7 +236,10 @@ def test_pruned_search_gives_the_exhaustive_answers(kb: KnowledgeBase, index: Tr
         pruned, full = triage(text, index), triage(text, exhaustive)
         # The best answer and its score; the twins listed beside it may differ in the long tail.
         best = [(m.id, m.score, m.evidence) for m in pruned.matches[:1]]
-        assert (pruned.outcome, best) == (full.outcome, [(m.id, m.score, m.evidence) for m in full.matches[:1]]), text
+        assert (pruned.outcome, best) == (
+            full.outcome,
+            [(m.id, m.score, m.evidence) for m in full.matches[:1]],
+        ), text
 
 
 @pytest.mark.parametrize(
