@@ -48,6 +48,10 @@ REPLACED, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN = 4000, 4400, 4401, 4403
 class Stop(Exception):
     """The socket must not be reconnected (bad token, forbidden, replaced); the message says why."""
 
+    def __init__(self, message: str, level: int = logging.CRITICAL) -> None:
+        super().__init__(message)
+        self.level = level
+
 
 @dataclass(slots=True)
 class _Closed:
@@ -127,6 +131,7 @@ class WebsocketInbound:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._closed_by_us: str | None = None  # why we closed the socket ourselves, for the metrics
         self._run_task: asyncio.Task[None] | None = None
         self._catch_up_task: asyncio.Task[None] | None = None
         self._catch_up_since: datetime | None = None
@@ -166,7 +171,7 @@ class WebsocketInbound:
                     log.info("websocket device %r ready (%s)", self.device_name, device.url)
                 closed = await self._connect(device, devices)
             except Stop as exc:
-                return self._give_up(str(exc))
+                return self._give_up(str(exc), level=exc.level)
             except DeviceAuthError as exc:
                 return self._give_up(
                     f"WEBEX_ACCESS_TOKEN was refused by Webex ({exc}); fix the token and restart"
@@ -193,7 +198,7 @@ class WebsocketInbound:
             else:
                 if closed.opened:
                     attempt = 0
-                reason = _close_reason(closed.code)
+                reason = self._closed_by_us or _close_reason(closed.code)
                 log.warning(
                     "websocket closed (code %s%s); reconnecting",
                     closed.code,
@@ -205,10 +210,10 @@ class WebsocketInbound:
             attempt += 1
             await asyncio.sleep(delay)
 
-    def _give_up(self, why: str) -> None:
+    def _give_up(self, why: str, level: int = logging.CRITICAL) -> None:
         self.stopped = why
         self._set_connected(False)
-        log.critical("websocket stopped: %s", why)
+        log.log(level, "websocket stopped: %s", why)
 
     def _backoff(self, attempt: int) -> float:
         base: float = min(self._backoff_max, self._backoff_min * 2.0 ** min(attempt, 30))
@@ -230,6 +235,7 @@ class WebsocketInbound:
             CONNECT_TIMEOUT_SECONDS,
         )
         self._ws = ws
+        self._closed_by_us = None
         opened = False
         keepalive = asyncio.create_task(self._keepalive(ws, device, devices), name="websocket-ping")
         try:
@@ -261,7 +267,8 @@ class WebsocketInbound:
         if code == REPLACED:
             raise Stop(
                 f"another connection replaced ours on device {self.device_name!r} ({reason or code}); "
-                "not reconnecting: give each replica its own WEBEX_DEVICE_NAME"
+                "not reconnecting: give each replica its own WEBEX_DEVICE_NAME",
+                level=logging.ERROR,
             )
         if code in (UNAUTHORIZED, FORBIDDEN):
             raise Stop(
@@ -281,8 +288,8 @@ class WebsocketInbound:
                 await ws.send_json({"id": ping_id, "type": "ping"})
                 await asyncio.wait_for(pong.wait(), self._pong_timeout)
             except TimeoutError:
-                log.warning("websocket: no pong within %.0fs; reconnecting", self._pong_timeout)
-                self.metrics.reconnects.labels("pong-timeout").inc()
+                log.warning("websocket: no pong within %.1fs; reconnecting", self._pong_timeout)
+                self._closed_by_us = "pong-timeout"
                 await ws.close(code=1000, message=b"pong not received")
                 return
             except (ConnectionError, RuntimeError):
@@ -297,6 +304,7 @@ class WebsocketInbound:
                     log.warning(
                         "websocket device %r was deleted; reconnecting with a new one", self.device_name
                     )
+                    self._closed_by_us = "device-gone"
                     await ws.close(code=1000, message=b"device gone")
                     return
                 except DeviceError as exc:
@@ -355,6 +363,7 @@ class WebsocketInbound:
         except StoreUnavailable as exc:
             # Not acknowledged, so Webex sends it again on the next connection: reconnect to get it back.
             log.error("websocket event not stored, not acknowledged; reconnecting: %s", exc)
+            self._closed_by_us = "storage-unavailable"
             with contextlib.suppress(Exception):
                 await ws.close(code=1000, message=b"storage unavailable")
             return
