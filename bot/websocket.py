@@ -223,6 +223,7 @@ class WebsocketInbound:
     async def _connect(self, device: Device, devices: Devices) -> _Closed:
         url = URL(device.web_socket_url).update_query(SOCKET_QUERY)
         proxy, proxy_auth = proxy_for(url)
+        log.info("websocket connecting to %s%s", url.with_query(None), f" through {proxy}" if proxy else "")
         ws = await asyncio.wait_for(
             self._session.ws_connect(
                 url,

@@ -36,6 +36,16 @@ class SocketWebex(FakeWebex):
     def _routes(self) -> Iterable[web.RouteDef]:
         return [*super()._routes(), web.get(f"{API_PREFIX}/rooms", self._list_rooms)]
 
+    async def start_tls(self, ssl_context: ssl.SSLContext) -> str:
+        """Serve HTTPS, as Webex does (a proxy then sees CONNECT tunnels, as it would in production)."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_routes(self._routes())
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+        self.base_url = f"https://127.0.0.1:{self._runner.addresses[0][1]}{API_PREFIX}"
+        return self.base_url
+
     def last_activity(self, room_id: str) -> str:
         stamps = [m["created"] for m in self.messages.values() if m["roomId"] == room_id]
         return max([self.rooms[room_id]["created"], *stamps])
