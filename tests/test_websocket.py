@@ -18,8 +18,8 @@ from bot.config import Settings
 from bot.keys import CONTEXT, WEBSOCKET, WORKER
 from tests.conftest import KNOWLEDGE_DIR
 from tests.fakewebsocket import FakeCloud, SocketWebex
-from tests.harness import FAST_WORKER, db_url, verb, wait_for
-from tests.procs import bot_messages
+from tests.harness import FAST_WORKER, Bot, db_url, make_settings, verb, wait_for
+from tests.procs import bot_messages, fresh_pg_database, pg_url
 
 FAST_SOCKET = {"ping_seconds": 0.2, "pong_timeout": 0.3, "backoff_min": 0.05, "backoff_max": 0.2}
 DEVICE = "helpdesk-bot@test"
@@ -331,3 +331,30 @@ async def test_a_share_is_answered_once_its_files_are_safe(
         [update] = cloud.files_scanned(msg)
         await wait_for(lambda: bool(bot_messages(fake, world["direct"])), what="the reply")
         await wait_for(lambda: cloud.acked([share, update]), what="both acks")
+
+
+async def test_one_message_by_webhook_and_by_socket_is_one_event(
+    fake: SocketWebex, cloud: FakeCloud, world: dict[str, Any]
+) -> None:
+    """A bot moving from webhooks to the socket (or running both) answers each message once: same inbox key."""
+    async with fresh_pg_database("test_ws_both") as name:
+        hook_settings = make_settings(fake, pg_url(name))
+        sock_settings = socket_settings(fake, cloud, pg_url(name), webex_catch_up_hours=0)
+        async with Bot(fake, hook_settings) as hook, SocketBot(sock_settings) as sock:
+            first = fake.add_message(world["direct"], world["alice"], "Error: 1000:1002")
+            assert (await (await hook.post(fake.message_created_envelope(first))).json())[
+                "status"
+            ] == "queued"
+            envelopes = cloud.post(first)
+            await wait_for(lambda: cloud.acked(envelopes), what="the socket's ack of a duplicate")
+            second = fake.add_message(world["direct"], world["alice"], "blank screen")
+            cloud.post(second)
+            await wait_for(lambda: len(bot_messages(fake, world["direct"])) == 2, what="both replies")
+            await asyncio.sleep(0.1)
+            resp = await hook.post(fake.message_created_envelope(second))
+            assert (await resp.json())["status"] == "duplicate"
+            await hook.idle()
+            await sock.idle()
+            await asyncio.sleep(0.2)
+            assert len(bot_messages(fake, world["direct"])) == 2
+            assert await sock.metric('bot_events_ignored_total{reason="duplicate"}') == 1
