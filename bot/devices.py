@@ -237,7 +237,13 @@ class Devices:
                 "and trying once more",
                 len(pruned),
             )
+        try:
             return await self.register(name)
+        except DeviceLimit as exc:
+            raise DeviceLimit(
+                f"{exc}; none of our devices is stale: see `python -m bot devices list`",
+                status=exc.status,
+            ) from exc
 
     async def prune_stale(self, *, keep_name: str) -> list[Device]:
         now = self._now()

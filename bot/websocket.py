@@ -160,12 +160,17 @@ class WebsocketInbound:
         attempt = 0
         device: Device | None = None
         devices: Devices | None = None
+        stale: Device | None = None  # its socket URL answered 404, even if the device list still shows it
         while True:
             try:
                 if devices is None:
                     catalog = await discover(self._session, self._u2c, self._token)
                     self._translator.clusters = catalog.clusters
                     devices = Devices(self._session, catalog.wdm, self._token)
+                if stale is not None:
+                    with contextlib.suppress(DeviceGone):
+                        await devices.delete(stale)
+                    stale = None
                 if device is None:
                     device = await devices.ensure(self.device_name)
                     log.info("websocket device %r ready (%s)", self.device_name, device.url)
@@ -188,7 +193,7 @@ class WebsocketInbound:
                     log.warning(
                         "websocket handshake 404: device %r is stale; registering again", self.device_name
                     )
-                    device = None
+                    device, stale = None, device
                 reason = f"handshake-{exc.status}"
             except (DeviceError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("websocket unavailable: %s: %s", type(exc).__name__, exc)
@@ -222,7 +227,7 @@ class WebsocketInbound:
 
     async def _connect(self, device: Device, devices: Devices) -> _Closed:
         url = URL(device.web_socket_url).update_query(SOCKET_QUERY)
-        proxy, proxy_auth = proxy_for(url)
+        proxy, proxy_auth = await asyncio.to_thread(proxy_for, url)  # it may read ~/.netrc
         log.info("websocket connecting to %s%s", url.with_query(None), f" through {proxy}" if proxy else "")
         ws = await asyncio.wait_for(
             self._session.ws_connect(

@@ -112,6 +112,8 @@ class FakeCloud:
         self.answer_pings = True
         self.lose_acks = False  # acks vanish, as if the line dropped before they arrived
         self.skip_next_sequence = False
+        # Devices still listed (and refreshable) whose socket URL answers 404: a stale registration.
+        self.dead_sockets: set[str] = set()
         self.requests: list[tuple[str, str]] = []
         self.base = ""
         self._runner: web.AppRunner | None = None
@@ -387,7 +389,7 @@ class FakeCloud:
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
         device = self.devices.get(request.match_info["device_id"])
-        if device is None:
+        if device is None or device.id in self.dead_sockets:
             return web.json_response({"message": "Unknown registration"}, status=404)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)

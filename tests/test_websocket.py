@@ -242,6 +242,24 @@ async def test_a_deleted_device_is_registered_again(
         await wait_for(lambda: bool(bot_messages(fake, world["direct"])), what="the reply")
 
 
+async def test_a_device_whose_socket_answers_404_is_replaced_even_if_still_listed(
+    fake: SocketWebex, cloud: FakeCloud, world: dict[str, Any], tmp_path: Path
+) -> None:
+    async with SocketBot(socket_settings(fake, cloud, db_url(tmp_path), webex_catch_up_hours=0)) as bot:
+        [old] = cloud.ours()
+        cloud.dead_sockets.add(old.id)
+        await cloud.drop()
+        await wait_for(
+            lambda: [d.id for d in cloud.ours()] not in ([], [old.id]) and bot.connected, what="a new device"
+        )
+        assert (
+            old.id not in cloud.devices and len(cloud.ours()) == 1
+        )  # the stale one deleted, not left behind
+        msg = fake.add_message(world["direct"], world["alice"], "Error: 1000:1002")
+        cloud.post(msg)
+        await wait_for(lambda: bool(bot_messages(fake, world["direct"])), what="the reply")
+
+
 async def test_at_the_device_cap_only_our_stale_devices_are_removed(
     fake: SocketWebex, cloud: FakeCloud, tmp_path: Path
 ) -> None:
