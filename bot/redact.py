@@ -119,7 +119,7 @@ _KEYWORD = re.compile(
     r"|de autentica[cç][aã]o|de ativa[cç][aã]o|sms|otp)"
     r"|codice (?:di verifica|di conferma|di sicurezza|di accesso|di autenticazione|di attivazione|monouso"
     r"|usa e getta|sms|otp)"
-    r"|otp|2fa|mfa))"
+    r"|(?-i:TAN|mTAN|pushTAN|smsTAN|chipTAN)|otp|2fa|mfa))"
     r"|(?P<pin>(?<![^\W_])(?:pin(?:[ -]?(?:code|number|nummer|nr))?|code[ -]pin|c[oó]digo pin|codice pin"
     r"|code secret|code confidentiel|n[uú]m[eé]ro pin|numero pin|geheimzahl|puk))"
     r"|(?P<pw>(?:pass(?:word|wort|phrase|code)|kennwort|(?<![^\W_])(?:passwd|pwd|pword|pw|p/w|mdp|senha"
@@ -161,6 +161,12 @@ _ADVERB = re.compile(r"[a-zà-ÿ]{2,}(?:ally|ely|tly|sly|bly|mente|ement|emment|
 _LINK = re.compile(
     r"(?i)(?:for|f(?:ü|ue)r|pour|para|per|of|on|to|at|in|im|am|from|de|del|da|do|di|du|des|della|dello"
     r"|zum|zur|vom|i|you|we|they|that|which|ich|wir|que|qui|che|eu|io)(?![^\W_])[^\S\n]*"
+)
+_POST_ADJECTIVE = re.compile(
+    r"(?i)[^\S\n]+(?:nova|novo|nuova|nuovo|nueva|nuevo|nouveau|nouvelle|actual|actuel|actuelle|atual|attuale"
+    r"|neu|neues|alt|altes|aktuell|aktuelles|vecchia|vecchio|antigua|antiguo|antiga|antigo|ancien|ancienne"
+    r"|temporaire|provisoire|temporal|provisional|tempor[áa]ria|provis[óo]ria|temporanea|provvisoria)"
+    r"(?![^\W_])"
 )
 _LINK_WORD = re.compile(r"[^\s:=,;!?()\[\]\"]{1,60}[^\S\n]*")
 _RUN = re.compile(r"\S+")
@@ -238,7 +244,7 @@ _NOT_SECRETS = frozenset(
     mio tua tuo suo questa questo quella quello io lui lei di della dello dei nel nella per senza su che
     quando come dove molto troppo anche ancora già uguale stessa stesso diversa diverso dimenticata persa
     vuota debole sicura obbligatoria lunga segreta segreto temporanea provvisoria cambiata cambiato
-    reimpostata resettata sbloccata e ma perché se vedi sotto""".split()
+    reimpostata resettata sbloccata e ma perché se vedi sotto stata stato stati state sido decir""".split()
 )
 # Lower-case words with these endings describe a state (expired, gesperrt, blockiert, expiré, caducada,
 # scaduta, unusable). A lower-case password with such an ending ("tornado") is therefore kept: see the
@@ -328,6 +334,9 @@ def _skip_fillers(text: str, pos: int, limit: int) -> int:
 def _connector(text: str, pos: int, limit: int) -> tuple[int, str] | None:
     """Where the value starts after "is", ":", "lautet", "c'est"..., and which kind of connector it was."""
     pos = _skip_spaces(text, pos, limit)
+    if pos < limit and text[pos] == ",":  # "mon mot de passe, c'est x"
+        m = _VERB.match(text, _skip_spaces(text, pos + 1, limit), limit)
+        return None if m is None else (_skip_fillers(text, m.end(), limit), "verb")
     if pos < limit and text[pos] in "\"'" and not text[pos + 1 : pos + 2].isalpha():  # "password": "x"
         pos += 1
     pos = _skip_fillers(text, _skip_spaces(text, pos, limit), limit)
@@ -345,21 +354,22 @@ def _connector(text: str, pos: int, limit: int) -> tuple[int, str] | None:
     return None
 
 
-def _linked_connector(text: str, pos: int, limit: int) -> tuple[int, str] | None:
-    """A connector a few words on: "password for alice@example.com: x", "the PIN I got was 482913"."""
+def _linked_connectors(text: str, pos: int, limit: int) -> list[tuple[int, str]]:
+    """Connectors a few words on: "password for alice@example.com: x", "il codice che mi è arrivato è x"."""
+    found: list[tuple[int, str]] = []
     m = _LINK.match(text, _skip_spaces(text, pos, limit), limit)
     if m is None:
-        return None
+        return found
     pos = m.end()
     for _ in range(_LINK_WORDS):
         word = _LINK_WORD.match(text, pos, limit)
         if word is None or word.group().rstrip().endswith("."):
-            return None
+            break
         pos = word.end()
-        found = _connector(text, pos, limit)
-        if found is not None and found[1] != "to":
-            return found
-    return None
+        connector = _connector(text, pos, limit)
+        if connector is not None and connector[1] != "to":
+            found.append(connector)
+    return found
 
 
 def _digit_value(text: str, start: int, end: int, limit: int) -> tuple[int, int] | None:
@@ -478,14 +488,21 @@ def _value_after(text: str, keyword: re.Match[str], family: str) -> tuple[int, i
     start = keyword.end()
     limit = min(len(text), start + _WINDOW)
     vouched = family == "code" and _is_possessed(text, keyword.start())
+    adjective = _POST_ADJECTIVE.match(text, start, limit)  # "a senha nova é", "password nuova:"
+    if adjective is not None:
+        start = adjective.end()
     direct = _connector(text, start, limit)
     if direct is not None:
         found = _take_value(text, direct[0], family, direct[1], vouched, limit)
         if found is not None or direct[1] != "to":
             return found
-    linked = _linked_connector(text, start, limit)
-    if linked is not None:
-        return _take_value(text, linked[0], family, linked[1], vouched, limit)
+    linked = _linked_connectors(text, start, limit)
+    for pos, kind in linked:
+        found = _take_value(text, pos, family, kind, vouched, limit)
+        if found is not None:
+            return found
+    if linked:
+        return None
     if start < limit and text[start] in " \t":  # "passwd Xq7#pLm2", "PIN 4821", "my code 4829"
         return _take_value(text, _skip_spaces(text, start, limit), family, "none", vouched, limit)
     return None
