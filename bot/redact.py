@@ -336,7 +336,9 @@ def _connector(text: str, pos: int, limit: int) -> tuple[int, str] | None:
     pos = _skip_spaces(text, pos, limit)
     if pos < limit and text[pos] == ",":  # "mon mot de passe, c'est x"
         m = _VERB.match(text, _skip_spaces(text, pos + 1, limit), limit)
-        return None if m is None else (_skip_fillers(text, m.end(), limit), "verb")
+        # After a comma the verb may be about the whole sentence ("mon mdp, c'est normal ?"): only a value
+        # that looks like a secret (a digit or a symbol) is taken.
+        return None if m is None else (_skip_fillers(text, m.end(), limit), "comma")
     if pos < limit and text[pos] in "\"'" and not text[pos + 1 : pos + 2].isalpha():  # "password": "x"
         pos += 1
     pos = _skip_fillers(text, _skip_spaces(text, pos, limit), limit)
@@ -446,7 +448,7 @@ def _take_value(
         if family == "otp" and len(value) >= 6 and _looks_random(value):
             return start, end
         return None
-    if kind in ("none", "to") or (family == "weak" and kind == "verb"):
+    if kind in ("none", "to", "comma") or (family == "weak" and kind == "verb"):
         if (
             not _secretish(value)
             or (kind == "none" and len(value) < 4)
