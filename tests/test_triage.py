@@ -457,3 +457,12 @@ def test_pasted_english_error_text_does_not_hide_the_language(index: TriageIndex
     assert message_language(text, index) == "de"
     # Too little of its own to tell: a short follow-up keeps the conversation's language.
     assert message_language("merci", index) is None and message_language("ja", index) is None
+
+
+def test_another_languages_index_is_built_on_first_use_and_kept(kb: KnowledgeBase) -> None:
+    knowledge = Knowledge.build(kb)
+    assert set(knowledge.indexes) == {"en"}
+    german = knowledge.index_for("de")
+    assert german.lang == "de" and knowledge.index_for("de") is german
+    assert knowledge.index_for("xx") is knowledge.index and knowledge.kb_for("xx") is knowledge.kb
+    assert knowledge.kb_for("fr").articles["1000:1002"].lang == "fr"
