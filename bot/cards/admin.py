@@ -110,7 +110,7 @@ def gaps_card(gaps: Sequence[Gap], days: int, questions: int, kb: KnowledgeBase)
         for n, gap in enumerate(gaps[: budget.items], 1):
             stuck = f", {gap.stuck} “No, still stuck”" if gap.stuck else ""
             d.subheading(f"{n}. {gap.count} question{'s' if gap.count != 1 else ''}{stuck}")
-            d.bullets([f"“{escape_user_text(text, 160)}”" for text in gap.examples()], noun="example")
+            d.bullets([f"“{escape_user_text(text, 160)}”" for text in gap.examples()], noun="line")
             if gap.offered:
                 article = kb.articles.get(gap.offered)
                 name = article.code or article.title if article else gap.offered
