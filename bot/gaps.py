@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 from rapidfuzz import fuzz, process
 
 from bot.knowledge import DRAFT_MARK, KnowledgeBase
@@ -59,6 +58,7 @@ def find_gaps(questions: Sequence[GapQuestion], lexicon: Lexicon, *, limit: int 
     """The `limit` largest groups of similar questions, largest first (ties: the most recent first)."""
     if not questions:
         return []
+    import numpy as np  # only here: importing it with the bot would cost every replica 10 MiB for an admin command
     # Questions that say the same thing in the same words are compared once, and weigh as many.
     keys: dict[str, list[int]] = {}
     for i, question in enumerate(questions):
