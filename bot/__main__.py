@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
+from bot import startup
 from bot.config import Settings, describe_settings_error
 from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
@@ -135,20 +136,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.warning(
             "!!! --insecure-no-signature: webhook signatures are NOT checked; anyone can post events !!!"
         )
-    if settings.local_mode:
-        print(
-            f"Local mode (no WEBEX_ACCESS_TOKEN): open http://localhost:{settings.port}/ "
-            "- the same pipeline runs against an in-memory Webex.",
-            flush=True,
-        )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=15.0,
-        print=lambda line: log.info(line.strip()),
-    )
+    try:
+        # Bound before anything starts: a busy port is the first thing said, and the only one.
+        sock = startup.bind(settings.host, settings.port)
+        # The start-up log names the one address to open (aiohttp's own banner would add a second).
+        web.run_app(create_app(settings), sock=sock, access_log=None, shutdown_timeout=15.0, print=None)
+    except startup.StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -176,7 +171,10 @@ def _with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
     from bot.store import Store
 
     async def run() -> T:
-        store = await Store.open(settings.database_url)
+        try:
+            store = await Store.open(settings.database_url)
+        except Exception as exc:  # whatever the driver raises, the person needs the one reason
+            raise startup.StartupError(startup.database_problem(settings.database_url, exc)) from exc
         try:
             return await use(store)
         finally:
@@ -194,7 +192,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     match = re.fullmatch(r"(\d{1,3})d?", args.period.strip().lower())
     if match is None:
-        print("usage: stats [7d|30d|Nd]", file=sys.stderr)
+        print(
+            f"error: stats: {args.period!r} is not a period; give a number of days, such as 7d, 30d or 90",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     days = max(1, int(match.group(1)))
 
@@ -203,7 +204,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         stats = _with_store(
             settings, lambda store: store.stats(since=datetime.now(UTC) - timedelta(days=days))
         )
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, startup.StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     lines = stats_lines(stats, days, kb)
@@ -225,7 +226,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         deleted = _with_store(settings, lambda store: store.purge(timedelta(days=days)))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, startup.StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"deleted rows older than {days:g} days:")
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args, settings)
     except KnowledgeError as exc:
-        print(f"knowledge error: {exc}", file=sys.stderr)
+        print(f"error: {startup.knowledge_problem(settings.knowledge_dir, exc)}", file=sys.stderr)
         return EXIT_ERROR
     return code
 

@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -19,12 +19,13 @@ from bot.context import BotContext, Knowledge
 from bot.handlers import handle_event, tell_failure
 from bot.inbox import InboxWriter
 from bot.keys import CONTEXT, INBOX, LOCAL, WORKER
-from bot.knowledge import load_knowledge
+from bot.knowledge import KnowledgeError, load_knowledge
 from bot.local.routes import add_local_routes
 from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
 from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
+from bot.startup import StartupError, database_problem, knowledge_problem, token_problem
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 WEBHOOK_CHECK_SECONDS = 300.0
+# How long the start waits for Webex to answer GET /people/me, so that a refused token stops it at once.
+IDENTITY_WAIT_SECONDS = 5.0
 
 
 def create_app(
@@ -60,8 +63,14 @@ def create_app(
 
 def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: OutboxOptions) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
-        store = await Store.open(settings.database_url)
+        try:
+            kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
+        except KnowledgeError as exc:
+            raise StartupError(knowledge_problem(settings.knowledge_dir, exc)) from exc
+        try:
+            store = await Store.open(settings.database_url)
+        except Exception as exc:  # whatever the driver raises, the person needs the one reason
+            raise StartupError(database_problem(settings.database_url, exc)) from exc
         metrics = Metrics()
         session = aiohttp.ClientSession()
         webex: Any
@@ -109,7 +118,8 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 outbox_options,
             )
             outbox.start()
-        background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
+        identity = asyncio.create_task(_learn_identity(ctx, worker), name="identity")
+        background = [identity]
         if settings.retention_days > 0:
             background.append(
                 asyncio.create_task(
@@ -127,15 +137,26 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                     watch_webhooks(webex, WEBHOOK_CHECK_SECONDS, stop=stop_watching), name="webhooks"
                 )
             )
-        log.info(
-            "ready: %d articles, database %s, %s",
-            len(kb.articles),
-            store.dialect,
-            "LOCAL mode (no WEBEX_ACCESS_TOKEN)"
-            if settings.local_mode
-            else f"Webex API {settings.webex_api_url}",
-        )
+        started = False
         try:
+            await _check_token(identity)
+            if settings.local_mode:
+                log.info(
+                    "local mode (no WEBEX_ACCESS_TOKEN): open %s - %d articles, database %s, an in-memory Webex",
+                    _address(settings, "localhost"),
+                    len(kb.articles),
+                    store.dialect,
+                )
+            else:
+                log.info(
+                    "%s: %d articles, database %s, Webex API %s, listening on %s",
+                    "ready" if ctx.me else "started (not ready until Webex answers GET /people/me)",
+                    len(kb.articles),
+                    store.dialect,
+                    settings.webex_api_url,
+                    _address(settings, settings.host),
+                )
+            started = True
             yield
         finally:
             stop_watching.set()
@@ -148,26 +169,49 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 await outbox.stop()
             await session.close()
             await store.close()
-            log.info("stopped cleanly")
+            if started:
+                log.info("stopped cleanly")
 
     return lifetime
 
 
+def _address(settings: Settings, host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
+        host = "localhost"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
+
+
+async def _check_token(identity: asyncio.Task[None]) -> None:
+    """A refused token stops the start (it will not get better); a Webex that is down only delays readiness."""
+    await asyncio.wait({identity}, timeout=IDENTITY_WAIT_SECONDS)
+    if identity.done() and isinstance(identity.exception(), WebexAuthError):
+        raise StartupError(token_problem(cast(WebexAuthError, identity.exception())))
+    identity.add_done_callback(_report_refused_token)
+
+
+def _report_refused_token(identity: asyncio.Task[None]) -> None:
+    # Refused after the start (say, the token was revoked while Webex was down): the bot cannot work.
+    if not identity.cancelled() and isinstance(identity.exception(), WebexAuthError):
+        log.critical("%s", token_problem(cast(WebexAuthError, identity.exception())))
+
+
 async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
-    """GET /people/me until it answers: events wait safely in the inbox meanwhile, and /readyz says so."""
+    """GET /people/me until it answers: events wait safely in the inbox meanwhile, and /readyz says so.
+
+    Raises WebexAuthError: no retry helps a refused token."""
     delay = 1.0
     while True:
         try:
             ctx.me = await ctx.webex.get_me()
-        except WebexAuthError as exc:
-            log.critical("WEBEX_ACCESS_TOKEN was refused by Webex (%s); fix the token and restart", exc)
-            return
+        except WebexAuthError:
+            raise
         except (WebexError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("cannot learn the bot's identity yet, retrying in %.0fs: %s", delay, exc)
             await asyncio.sleep(delay + random.uniform(0, delay / 2))  # noqa: S311 - jitter, not a secret
             delay = min(delay * 2, 60.0)
             continue
-        log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
+        if not ctx.settings.local_mode:
+            log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
         worker.ready.set()
         return
 
