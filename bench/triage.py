@@ -29,6 +29,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# E402 below: these imports need the repository put on sys.path first, above.
 from bot.knowledge import KNOWLEDGE_FILES, Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
 from bot.triage import TriageIndex, triage  # noqa: E402
 

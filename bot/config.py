@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     helpdesk_room_id: str | None = None
     # The language answers are in when a message does not say (too short to tell, and none before it).
     default_language: Literal["en", "de", "fr", "es", "pt", "it"] = "en"
+    # The language of the helpdesk space: its ticket cards and notices, whatever the requester writes in.
+    helpdesk_language: Literal["en", "de", "fr", "es", "pt", "it"] = "en"
     database_url: str = "sqlite:///./helpdesk-bot.db"
     admin_emails: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_email_domains: Annotated[tuple[str, ...], NoDecode] = ()

@@ -110,6 +110,12 @@ class BotContext:
     def language_of(self, room_id: str, person_id: str) -> str:
         return self.languages.get((room_id, person_id), self.settings.default_language)
 
+    def reply_language(self, room_id: str, person_id: str) -> str:
+        """What the bot writes in to this person in this room: the helpdesk space has its own language."""
+        if room_id == self.settings.helpdesk_room_id:
+            return self.settings.helpdesk_language
+        return self.language_of(room_id, person_id)
+
     def remember_posted(self, event_id: str, message_id: str) -> None:
         self.posted[event_id] = message_id
         while len(self.posted) > MAX_REMEMBERED_REPLIES:

@@ -342,16 +342,75 @@ def test_typo_memory_is_bounded_and_changes_no_answer(kb: KnowledgeBase) -> None
     assert triage(text, fresh) == first == triage(text, TriageIndex.build(kb))
 
 
-@pytest.mark.parametrize("text", ["webex is broken", "Webex doesn't work", "webex login broken"])
-def test_a_vague_message_gets_the_broad_choices(text: str, index: TriageIndex, kb: KnowledgeBase) -> None:
-    result = triage(text, index)
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("webex is broken", "en"),
+        ("Webex doesn't work", "en"),
+        ("webex phone not working", "en"),
+        ("Webex geht nicht", "de"),
+        ("webex ne marche pas", "fr"),
+    ],
+)
+def test_a_vague_message_gets_the_broad_choices(text: str, lang: str, kb: KnowledgeBase) -> None:
+    result = triage(text, TriageIndex.build(kb, lang=lang))
     assert result.outcome == "clarify" and not result.confident
     assert [m.id for m in result.matches] == list(kb.broad_choices)
     assert {m.evidence for m in result.matches} == {"broad"}
 
 
 @pytest.mark.parametrize(
-    "text", ["blank screen when I sign in to webex", "my webex camera is broken", "Error: 1000:1002", "hello"]
+    "text",
+    [
+        "blank screen when I sign in to webex",
+        "my webex camera is broken",
+        "Error: 1000:1002",
+        "hello",
+        "webex login broken",
+    ],
 )
 def test_a_message_that_says_something_is_not_vague(text: str, index: TriageIndex) -> None:
     assert all(m.evidence != "broad" for m in triage(text, index).matches)
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "code"),
+    [
+        ("Meine Webex Telefonie zeigt Fehler 1006", "de", "1000:1006"),
+        ("j'ai l'erreur 603 sur webex", "fr", "1000:603"),
+        ("me sale el código 1002 en webex", "es", "1000:1002"),
+        ("aparece erro 606 no webex", "pt", "1000:606"),
+        ("errore 1004 su webex", "it", "1000:1004"),
+    ],
+)
+def test_error_and_code_words_in_each_language_mark_a_bare_code(
+    text: str, lang: str, code: str, kb: KnowledgeBase
+) -> None:
+    result = triage(text, TriageIndex.build(kb, lang=lang))
+    assert result.confident and result.codes == (code,), result
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("Ich kann mich nicht bei Webex anmelden, der Bildschirm bleibt weiß", "de"),
+        ("mon mot de passe Webex ne marche pas depuis ce matin", "fr"),
+        ("la pantalla se queda en blanco cuando inicio sesión en webex", "es"),
+        ("minha senha do webex expirou e não consigo entrar", "pt"),
+        ("la password di webex è scaduta e non riesco ad accedere", "it"),
+        ("My Webex password expired this morning and I cannot sign in", "en"),
+    ],
+)
+def test_the_language_of_a_message_is_detected(text: str, lang: str, index: TriageIndex) -> None:
+    from bot.triage import message_language
+
+    assert message_language(text, index) == lang
+
+
+def test_pasted_english_error_text_does_not_hide_the_language(index: TriageIndex) -> None:
+    from bot.triage import message_language
+
+    text = "Hallo, seit heute steht da 'Your session has expired. Try signing into your phone service again.' was tun?"
+    assert message_language(text, index) == "de"
+    # Too little of its own to tell: a short follow-up keeps the conversation's language.
+    assert message_language("merci", index) is None and message_language("ja", index) is None

@@ -22,10 +22,16 @@ SCORE_NAME = 0.95
 # cost a single pass.
 FULL_CODE = re.compile(r"(?<![\d.])1000[ \t]{0,3}([:;/\-–—.])[ \t]{0,3}(\d{1,4})(?![\d:])")
 _SPACED_CODE = re.compile(r"(?<![\d.:])1000 {1,2}()(\d{1,4})(?![\d:])")  # () keeps groups as in FULL_CODE
+# "error" and "code" in the six languages, accents folded as normalise does: Fehler, erreur, erro, errore, código,
+# codice. A bare number after one of them is a catalogue suffix.
 _KEYWORD_CODE = re.compile(
-    r"\b(?:error|err|code|errorcode|error code|error no|error number)[ \t]{0,3}[:#=]?[ \t]{0,3}(?:is |was )?\(?(\d{1,4})(?![\d:/\-])"
+    r"\b(?:error|err|code|errorcode|error code|error no|error number|fehler|fehlercode|erreur|erro|errore"
+    r"|codigo|codice|codigo de error|codigo de erro|codice di errore|code derreur|code d erreur)"
+    r"[ \t]{0,3}[:#=]?[ \t]{0,3}(?:is |was |ist |est |es |e )?\(?(\d{1,4})(?![\d:/\-])"
 )
-_CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err)\b")
+_CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err|fehler|erreur|erro|errore)\b")
+# The literals the two patterns above need; a substring test is far cheaper than a regex scan.
+_KEYWORD_LITERALS = ("err", "code", "fehler", "codi")
 _BARE_NUMBER = re.compile(r"(?<![\d:/\-.])(\d{3,4})(?![\d:/\-.])")
 _HAS_DIGIT = re.compile(r"\d")
 
@@ -64,7 +70,7 @@ def find_codes(text: str, words: list[str], index: TriageIndex) -> tuple[Found, 
                     unknown.append(f"1000:{suffix}")
                 if len(found) >= MAX_CODES:
                     break
-    if has_digit and ("err" in text or "code" in text):
+    if has_digit and any(literal in text for literal in _KEYWORD_LITERALS):
         for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
             for m in pattern.finditer(text):
                 suffix = str(int(m.group(1)))

@@ -27,7 +27,8 @@ DOMINANT_MARGIN = 0.2
 CLARIFY_BAND = 0.12  # candidates this close to the best are "which of these?"
 FOREIGN_WORDS = 2  # unknown words that, with no Webex word, make "error 600" some other system's error
 OUT_OF_SCOPE_DAMPING = 0.6  # a message naming another product is not answered from text alone
-VAGUE_WORDS = 2  # "webex is broken", "webex phone not working today": a Webex word and little else
+# The canonical words (knowledge/words.toml's synonyms) that say something is wrong without saying what.
+_FAILING = frozenset({"failed", "cannot", "not"})
 UNKNOWN_WEIGHT = 1.0  # what a word the knowledge lacks weighs in the message's total: a common word's idf
 # Long messages are also judged sentence by sentence (and by pairs of neighbouring sentences).
 LONG_WORDS = 30
@@ -257,6 +258,10 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
             cand.order = order.get(cand.id, 0)
         ranked.sort(key=_rank_key)
     outcome = _decide(ranked, codes, index)
+    if outcome == "fix" and unknown and not codes:
+        # "1000:1011" is a code the catalogue lacks: a fix for some other article, however well the words
+        # match, would answer a question the person did not ask.
+        outcome = "clarify"
     matches = _to_matches(ranked, outcome, limit) if limit > 0 else ()
     if outcome != "fix" and not codes and not unknown and not markers and _vague(message_words, index):
         # "webex is broken": too little to go on, but a person asking that is best helped by the common cases.
@@ -272,12 +277,13 @@ def triage(text: str, index: TriageIndex, limit: int = 5) -> TriageResult:
 
 
 def _vague(message_words: list[str], index: TriageIndex) -> bool:
-    """A short message about Webex that says nothing more: a Webex word and at most VAGUE_WORDS others."""
+    """A message about Webex that says only that something is wrong: a Webex word, and besides it nothing but
+    words for failing ("webex is broken", "Webex geht nicht"). "webex login broken" names what: not vague."""
     lexicon = index.lexicon
     if lexicon.webex_words.isdisjoint(message_words):
         return False
     content = [w for w in lexicon.apply_synonyms(message_words) if w not in lexicon.stopwords]
-    return len([w for w in content if w not in lexicon.webex_words]) <= VAGUE_WORDS
+    return all(w in lexicon.webex_words or w in _FAILING for w in content)
 
 
 def _decide(ranked: list[_Candidate], codes: Found, index: TriageIndex) -> Outcome:
