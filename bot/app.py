@@ -143,7 +143,7 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
             if settings.local_mode:
                 log.info(
                     "local mode (no WEBEX_ACCESS_TOKEN): open %s - %d articles, database %s, an in-memory Webex",
-                    _address(settings, "localhost"),
+                    _address(settings),
                     len(kb.articles),
                     store.dialect,
                 )
@@ -154,7 +154,7 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                     len(kb.articles),
                     store.dialect,
                     settings.webex_api_url,
-                    _address(settings, settings.host),
+                    _address(settings),
                 )
             started = True
             yield
@@ -175,7 +175,9 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
     return lifetime
 
 
-def _address(settings: Settings, host: str) -> str:
+def _address(settings: Settings) -> str:
+    """The one address to open; on every interface, that is this machine's own name for itself."""
+    host = settings.host
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
         host = "localhost"
     return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"

@@ -114,6 +114,7 @@ def knowledge_problem(directory: Path, exc: KnowledgeError) -> str:
 
 def token_problem(exc: WebexAuthError) -> str:
     return (
-        f"Webex refused WEBEX_ACCESS_TOKEN ({exc.status} on GET /people/me); copy the bot's token from "
-        f"developer.webex.com into .env (see {README_WEBEX})"
+        f"Webex refused WEBEX_ACCESS_TOKEN ({exc.status} on GET /people/me, trackingId "
+        f"{exc.tracking_id or '-'}); copy the bot's token from developer.webex.com into .env "
+        f"(see {README_WEBEX})"
     )

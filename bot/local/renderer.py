@@ -186,7 +186,8 @@ class Renderer:
             "(the playground shows cards as text until it is done)",
             self.npm_dir,
         )
-        self.progress = Progress(started=time.monotonic())
+        now = time.monotonic()
+        self.progress = Progress(started=now, logged=now)
         npm_dir = self.npm_dir
         npm_dir.parent.mkdir(parents=True, exist_ok=True)
         # Install beside the cache and move it in whole: a half-finished or concurrent install never
@@ -297,7 +298,7 @@ class Progress:
         return f"{time.monotonic() - self.started:.1f} s" if self.started is not None else "no time"
 
     def text(self) -> str:
-        done = f"{self.resolved} packages resolved"
+        done = f"{self.resolved} package{'' if self.resolved == 1 else 's'} resolved"
         if self.downloaded:
             done += f", {min(self.downloaded, self.resolved)} of {self.resolved} downloaded"
         return f"{done} ({self.elapsed_text()})"
