@@ -149,9 +149,16 @@ async def test_local_mode_without_npm_runs_and_says_so_in_one_line(tmp_path: Pat
         "RENDERER_CACHE_DIR": str(tmp_path / "cache"),
         "PATH": str(Path(sys.executable).parent),  # no npm here
     }
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "serve", cwd=tmp_path, env=serve_env(**values), stdout=log, stderr=log
+            sys.executable,
+            "-m",
+            "bot",
+            "serve",
+            cwd=tmp_path,
+            env=serve_env(**values),
+            stdout=log_file,
+            stderr=log_file,
         )
     base = f"http://127.0.0.1:{port}"
     text = "blank screen when I sign in"

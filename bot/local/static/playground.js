@@ -59,7 +59,7 @@
     if (status.status === "ready") {
       banner.hidden = true;
       const versions = Object.entries(status.packages || {})
-        .map(([name, v]) => `${name} ${v.version} (${v.license} licence)`)
+        .map(([name, v]) => `${name} ${v.version}`)
         .join(", ");
       $("renderer-versions").textContent = versions ? `Loaded: ${versions}.` : "";
       return;
@@ -199,15 +199,20 @@
         const open = button.getAttribute("aria-expanded") !== "true";
         button.setAttribute("aria-expanded", String(open));
         region.hidden = !open;
-        if (!open || built) return;
-        built = true;
-        region.replaceChildren(el("p", { className: "note", textContent: "Loading…" }));
-        try {
-          region.replaceChildren(...[await build()].flat());
-        } catch (err) {
-          built = false;
-          region.replaceChildren(el("p", { className: "error", textContent: `Could not load it: ${err.message}` }));
+        if (!open) return;
+        // The person is reading this message now: its space stops following new ones down until they send.
+        button.dispatchEvent(new CustomEvent("viewopen", { bubbles: true }));
+        if (!built) {
+          built = true;
+          region.replaceChildren(el("p", { className: "note", textContent: "Loading…" }));
+          try {
+            region.replaceChildren(...[await build()].flat());
+          } catch (err) {
+            built = false;
+            region.replaceChildren(el("p", { className: "error", textContent: `Could not load it: ${err.message}` }));
+          }
         }
+        region.scrollIntoView({ block: "nearest" });
       });
       bar.append(button);
       regions.push(region);
@@ -239,6 +244,9 @@
       new ResizeObserver(() => {
         if (this.stuck) this.toBottom();
       }).observe(log);
+      log.addEventListener("viewopen", () => {
+        this.stuck = false;
+      });
     }
 
     toBottom() {
