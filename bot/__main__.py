@@ -138,9 +138,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     try:
         # Bound before anything starts: a busy port is the first thing said, and the only one.
-        sock = startup.bind(settings.host, settings.port)
+        sockets = startup.bind(settings.host, settings.port)
         # The start-up log names the one address to open (aiohttp's own banner would add a second).
-        web.run_app(create_app(settings), sock=sock, access_log=None, shutdown_timeout=15.0, print=None)
+        web.run_app(create_app(settings), sock=sockets, access_log=None, shutdown_timeout=15.0, print=None)
     except startup.StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -192,9 +192,14 @@ async def _check_token(identity: asyncio.Task[None]) -> None:
 
 
 def _report_refused_token(identity: asyncio.Task[None]) -> None:
-    # Refused after the start (say, the token was revoked while Webex was down): the bot cannot work.
-    if not identity.cancelled() and isinstance(identity.exception(), WebexAuthError):
-        log.critical("%s", token_problem(cast(WebexAuthError, identity.exception())))
+    if identity.cancelled():
+        return
+    exc = identity.exception()
+    if isinstance(exc, WebexAuthError):
+        # Refused after the start (say, the token was revoked while Webex was down): the bot cannot work.
+        log.critical("%s", token_problem(exc))
+    elif exc is not None:
+        log.error("learning the bot's identity failed", exc_info=exc)
 
 
 async def _learn_identity(ctx: BotContext, worker: Worker) -> None:

@@ -20,8 +20,9 @@ class StartupError(Exception):
     """A start-up failure a person can fix; str() is the one line printed instead of a traceback."""
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, before anything else starts, so a busy port never follows "ready"."""
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on host:port (every address the name has, as aiohttp would), bound before anything
+    else starts, so that a busy port is the first thing said rather than a traceback after "ready"."""
     where = f"{host}:{port}"
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -29,12 +30,15 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartupError(
             f"cannot listen on {where}: HOST {host!r} is not a known address ({exc.strerror})"
         ) from exc
-    family, _, _, _, address = infos[0]
+    sockets: list[socket.socket] = []
     try:
-        sock = socket.create_server(address, family=family)
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            sockets.append(socket.create_server(address, family=family))
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         raise StartupError(_bind_problem(where, port, exc)) from exc
-    return sock
+    return sockets
 
 
 def _bind_problem(where: str, port: int, exc: OSError) -> str:

@@ -31,6 +31,7 @@ VENDOR_FILES: dict[str, str] = {
 }
 INSTALL_TIMEOUT_SECONDS = 300.0
 OUTPUT_TAIL_CHARS = 600
+OUTPUT_LINE_LIMIT = 1 << 20  # npm's longest lines (a dependency tree in an error) fit
 PROGRESS_LOG_SECONDS = 5.0  # a slow fetch says it is still at work this often
 
 Status = Literal["fetching", "ready", "missing-npm", "failed"]
@@ -219,6 +220,7 @@ class Renderer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                limit=OUTPUT_LINE_LIMIT,
             )
         except OSError as exc:
             return 127, str(exc)
