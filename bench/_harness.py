@@ -208,6 +208,7 @@ class Bot:
             "WEBEX_ACCESS_TOKEN": fake.token,
             "WEBEX_API_URL": fake.api_url,
             "WEBEX_WEBHOOK_SECRET": SECRET,
+            "WEBEX_INBOUND": "webhook",
             "DATABASE_URL": f"sqlite:///{self.db_path}",
             "HOST": LOOPBACK,
             "PORT": str(self.port),

@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.context import BotContext, Knowledge
 from bot.handlers import handle_event, tell_failure
 from bot.inbox import InboxWriter
-from bot.keys import CONTEXT, INBOX, LOCAL, WORKER
+from bot.keys import CONTEXT, INBOX, LOCAL, WEBSOCKET, WORKER
 from bot.knowledge import KnowledgeError, load_knowledge
 from bot.local.routes import add_local_routes
 from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
@@ -29,6 +29,7 @@ from bot.startup import StartupError, database_problem, knowledge_problem, token
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
+from bot.websocket import SocketOptions, WebsocketInbound
 from bot.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app(
     *,
     worker: WorkerOptions = WorkerOptions(),
     outbox: OutboxOptions = OutboxOptions(),
+    websocket: SocketOptions = SocketOptions(),
 ) -> web.Application:
     """Build the bot. Nothing touches the network or the disk until the app starts (cleanup_ctx)."""
     if settings.local_mode and not settings.helpdesk_room_id:
@@ -51,8 +53,10 @@ def create_app(
         settings = settings.model_copy(update={"helpdesk_room_id": LOCAL_HELPDESK_ROOM})
     # client_max_size makes aiohttp answer 413 itself for bodies over the limit.
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.cleanup_ctx.append(_context(settings, worker, outbox))
-    app.router.add_post("/webhooks/webex", receive_webhook)
+    app.cleanup_ctx.append(_context(settings, worker, outbox, websocket))
+    if settings.inbound != "websocket":
+        # Without a public URL nobody should post here, and without a secret nothing would check who did.
+        app.router.add_post("/webhooks/webex", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -61,7 +65,12 @@ def create_app(
     return app
 
 
-def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: OutboxOptions) -> Any:
+def _context(
+    settings: Settings,
+    worker_options: WorkerOptions,
+    outbox_options: OutboxOptions,
+    websocket_options: SocketOptions,
+) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         try:
             kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
@@ -72,7 +81,8 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
         except Exception as exc:  # whatever the driver raises, the person needs the one reason
             raise StartupError(database_problem(settings.database_url, exc)) from exc
         metrics = Metrics()
-        session = aiohttp.ClientSession()
+        # trust_env: HTTPS_PROXY, HTTP_PROXY and NO_PROXY apply to every outbound call (README).
+        session = aiohttp.ClientSession(trust_env=True)
         webex: Any
         if settings.local_mode:
             local = LocalWebex()
@@ -107,6 +117,12 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
         app[CONTEXT], app[WORKER] = ctx, worker
         app[INBOX] = InboxWriter(store)
         worker.start()
+        inbound: WebsocketInbound | None = None
+        if settings.inbound == "websocket":
+            inbound = WebsocketInbound(
+                session=session, ctx=ctx, inbox=app[INBOX], worker=worker, options=websocket_options
+            )
+            app[WEBSOCKET] = inbound
         outbox: OutboxDeliverer | None = None
         if settings.ticket_webhook_url is not None:
             secret = settings.ticket_webhook_secret
@@ -130,7 +146,11 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 )
             )
         stop_watching = asyncio.Event()
-        if isinstance(webex, WebexClient) and settings.public_url is not None:
+        if (
+            isinstance(webex, WebexClient)
+            and settings.public_url is not None
+            and settings.inbound == "webhook"
+        ):
             # Webex disables a webhook after repeated failures and never re-enables it by itself.
             background.append(
                 asyncio.create_task(
@@ -140,6 +160,8 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
         started = False
         try:
             await _check_token(identity)
+            if inbound is not None:
+                inbound.start()  # after the token check: a refused token is said once, by the check
             if settings.local_mode:
                 log.info(
                     "local mode (no WEBEX_ACCESS_TOKEN): open %s - %d articles, database %s, an in-memory Webex",
@@ -149,11 +171,12 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 )
             else:
                 log.info(
-                    "%s: %d articles, database %s, Webex API %s, listening on %s",
+                    "%s: %d articles, database %s, Webex API %s, inbound %s, listening on %s",
                     "ready" if ctx.me else "started (not ready until Webex answers GET /people/me)",
                     len(kb.articles),
                     store.dialect,
                     settings.webex_api_url,
+                    settings.inbound,
                     _address(settings),
                 )
             started = True
@@ -163,6 +186,8 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if inbound is not None:
+                await inbound.stop()
             await app[INBOX].close()
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
             if outbox is not None:
@@ -268,6 +293,8 @@ async def readyz(request: web.Request) -> web.Response:
         "webex_identity": ctx.me is not None,
         "database": counts is not None,
     }
+    if WEBSOCKET in request.app:
+        checks["websocket"] = request.app[WEBSOCKET].connected
     body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
     if counts is not None:
         body["inbox"] = counts

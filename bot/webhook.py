@@ -10,6 +10,7 @@ import time
 from aiohttp import web
 from pydantic import ValidationError
 
+from bot.hydra import dedupe_key
 from bot.keys import CONTEXT, INBOX, WORKER
 from bot.models import WebhookEnvelope
 from bot.store import StoreUnavailable
@@ -89,7 +90,8 @@ async def _receive(request: web.Request) -> web.Response:
         ctx.metrics.events_ignored.labels("bot").inc()
         return _json(200, status="ignored", reason="another bot")
     try:
-        new = await request.app[INBOX].enqueue(data.id, envelope.resource, body)
+        # The same key as the websocket's for the same message: one answer, whichever path brings it.
+        new = await request.app[INBOX].enqueue(dedupe_key(data.id), envelope.resource, body)
     except StoreUnavailable as exc:
         # 503 makes Webex redeliver; a 200 here would lose the message.
         log.error("webhook for %s not stored, answering 503: %s", data.id, exc)

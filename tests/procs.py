@@ -165,7 +165,14 @@ def serve_env(**values: str) -> dict[str, str]:
         "LOG_",
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    return {**base, "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR), "HOST": "127.0.0.1", **values}
+    # Webhooks unless a test asks for the websocket: without PUBLIC_URL "auto" would pick the websocket.
+    return {
+        **base,
+        "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR),
+        "HOST": "127.0.0.1",
+        "WEBEX_INBOUND": "webhook",
+        **values,
+    }
 
 
 class ServeProcess:

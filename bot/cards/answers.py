@@ -79,6 +79,11 @@ def _answer(
             _(CONTACT_HELPDESK),
             EscalateData(thread_id=thread_id, article_id=article.id, origin_id=origin_id),
         )
+        # Articles whose steps this one points to ("see the blank-screen steps") get their button before the
+        # links: the reader was just told to go there.
+        for ref in (kb.articles[i] for i in article.see_also if i in kb.articles):
+            name = ref.code or shorten(ref.title, BUTTON_CHARS - 5)
+            d.submit(_("Show {name}").format(name=name), _show(ref, thread_id))
         d.links(links, buttons=URL_BUTTONS)
         for other in others:
             name = other.code or shorten(other.title, BUTTON_CHARS - 5)
@@ -213,6 +218,9 @@ def help_card(
                     example=EXAMPLE_ERROR
                 ),
                 _("**Describe a symptom**: like “blank screen when I sign in” or “I can't sign in”."),
+                _("**{command}**: hand your problem to a person at the helpdesk.").format(command="escalate"),
+                _("**{command}**: the tickets you opened and where they stand.").format(command="my tickets"),
+                _("**{command}**: where one of your tickets stands.").format(command="ticket HD-1042"),
                 _("**{command}**: show this message.").format(command="help"),
             ]
         )

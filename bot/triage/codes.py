@@ -44,6 +44,29 @@ def message_text(message: str) -> str:
     return FULL_CODE.sub(" ", message).replace("Error:", " ").replace("Error", " ")
 
 
+# How far a keyword code reaches around its keyword: the longest keyword ("codigo de error") with its spaces,
+# ":#=", "is/was" and four digits before or after it fits in this.
+_KEYWORD_REACH = 40
+
+
+def _keyword_spans(text: str) -> list[tuple[int, int]]:
+    """Merged windows of the text around each occurrence of a keyword literal."""
+    spans: list[tuple[int, int]] = []
+    for literal in _KEYWORD_LITERALS:
+        at = text.find(literal)
+        while at != -1:
+            spans.append((max(0, at - _KEYWORD_REACH), at + len(literal) + _KEYWORD_REACH))
+            at = text.find(literal, at + 1)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def find_codes(text: str, words: list[str], index: TriageIndex) -> tuple[Found, list[str], list[str]]:
     """Codes by id -> (score, evidence, position); the unknown full codes; bare-number hints (ids).
 
@@ -70,12 +93,15 @@ def find_codes(text: str, words: list[str], index: TriageIndex) -> tuple[Found, 
                     unknown.append(f"1000:{suffix}")
                 if len(found) >= MAX_CODES:
                     break
-    if has_digit and any(literal in text for literal in _KEYWORD_LITERALS):
-        for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
-            for m in pattern.finditer(text):
-                suffix = str(int(m.group(1)))
-                if suffix in index.suffixes:
-                    add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
+    if has_digit:
+        # Only around the keywords: scanning a long report at every position costs more than the rest of
+        # triage, and a keyword code is within a few characters of its keyword by the patterns' own bounds.
+        for start, end in _keyword_spans(text):
+            for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
+                for m in pattern.finditer(text, start, end):
+                    suffix = str(int(m.group(1)))
+                    if suffix in index.suffixes:
+                        add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
     if index.names_re is not None:
         # Names are matched with spaces and punctuation squeezed out: "SSO certificate error" finds SSOCertificateError.
         compact = "".join(words)
