@@ -25,6 +25,7 @@ from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
 from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
+from bot.replicas import ReplicaSync
 from bot.startup import StartupError, database_problem, knowledge_problem, token_problem
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
@@ -101,6 +102,9 @@ def _context(
         ctx = BotContext(
             settings=settings, knowledge=Knowledge.build(kb), store=store, webex=webex, metrics=metrics
         )
+        ctx.replica.interval = settings.replica_check_seconds
+        replicas = ReplicaSync(ctx)
+        await replicas.start()
         worker = Worker(
             store,
             lambda event: handle_event(event, ctx),
@@ -192,6 +196,7 @@ def _context(
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
             if outbox is not None:
                 await outbox.stop()
+            await replicas.stop()
             await session.close()
             await store.close()
             if started:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # tickets and the stats' records stay. 0 keeps everything.
     retention_days: float = Field(default=14.0, ge=0.0, le=3650.0)
     purge_interval_seconds: float = Field(default=3600.0, ge=1.0, le=86400.0)
+    # How often each replica reports in and checks whether another one reloaded the knowledge.
+    replica_check_seconds: float = Field(default=2.0, ge=0.05, le=300.0)
 
     # Escalation links: override the defaults in knowledge/links.toml without editing the files.
     helpdesk_portal_url: str | None = None

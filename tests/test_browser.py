@@ -538,3 +538,22 @@ async def test_the_first_fetch_shows_its_progress_in_the_log_and_on_the_page(
     assert "first start: fetching the Adaptive Cards renderer with npm" in log
     assert "fetching the Adaptive Cards renderer: 3 packages resolved, 1 of 3 downloaded" in log
     assert re.search(r"Adaptive Cards renderer ready in \d+\.\d s", log), log
+
+
+async def test_the_stats_chart_shows_in_the_playground(
+    tmp_path: Path, renderer_home: Path, browser: Browser
+) -> None:
+    with run_server(tmp_path, renderer_home, ADMIN_EMAILS="you@example.com") as base:
+        page, problems = await open_playground(browser, base)
+        await ask(page, MESSAGE)
+        card = await ask(page, "stats")
+        await expect(card).to_contain_text("Messages triaged")
+        chart = page.locator("#log-employee .message.from-bot img.upload").last
+        await expect(chart).to_be_visible()
+        # Drawn, not a broken-image box: the PNG arrived and decoded at its size.
+        size = await chart.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+        assert size == [True, 800, 400], size
+        assert "per day: messages, confident answers" in (await chart.get_attribute("alt") or "")
+        await chart.scroll_into_view_if_needed()
+        await screenshot(page, "playground-stats-chart.png")
+        assert not problems, problems

@@ -317,6 +317,12 @@
       } else {
         body.push(message.markdown ? markdownNode(message.markdown) : el("div", { className: "text", textContent: text }));
       }
+      // Files the bot uploaded (the stats chart), shown inline as Webex shows images; only the bot's own.
+      for (const url of message.files || []) {
+        if (url.startsWith("/local/files/")) {
+          body.push(el("img", { className: "upload", src: url, alt: text || "a file the bot sent", loading: "lazy" }));
+        }
+      }
       views.push(["JSON", () => wireView("messages", message.id)]);
       body.push(...viewsBar(views));
       item.replaceChildren(...body);
