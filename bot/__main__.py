@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
+from bot import startup
 from bot.admin_cli import add_admin_commands
 from bot.config import Settings, describe_settings_error
 from bot.context import Knowledge
@@ -136,20 +137,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.warning(
             "!!! --insecure-no-signature: webhook signatures are NOT checked; anyone can post events !!!"
         )
-    if settings.local_mode:
-        print(
-            f"Local mode (no WEBEX_ACCESS_TOKEN): open http://localhost:{settings.port}/ "
-            "- the same pipeline runs against an in-memory Webex.",
-            flush=True,
-        )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=15.0,
-        print=lambda line: log.info(line.strip()),
-    )
+    try:
+        # Bound before anything starts: a busy port is the first thing said, and the only one.
+        sockets = startup.bind(settings.host, settings.port)
+        # The start-up log names the one address to open (aiohttp's own banner would add a second).
+        web.run_app(create_app(settings), sock=sockets, access_log=None, shutdown_timeout=15.0, print=None)
+    except startup.StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -205,7 +200,10 @@ def _with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
     from bot.store import Store
 
     async def run() -> T:
-        store = await Store.open(settings.database_url)
+        try:
+            store = await Store.open(settings.database_url)
+        except Exception as exc:  # whatever the driver raises, the person needs the one reason
+            raise startup.StartupError(startup.database_problem(settings.database_url, exc)) from exc
         try:
             return await use(store)
         finally:
@@ -226,7 +224,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         deleted = _with_store(settings, lambda store: store.purge(timedelta(days=days)))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, startup.StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"deleted rows older than {days:g} days:")
@@ -321,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args, settings)
     except KnowledgeError as exc:
-        print(f"knowledge error: {exc}", file=sys.stderr)
+        print(f"error: {startup.knowledge_problem(settings.knowledge_dir, exc)}", file=sys.stderr)
         return EXIT_ERROR
     return code
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from bot.config import Settings
 from bot.knowledge import load_knowledge
+from bot.startup import StartupError, database_problem
 
 if TYPE_CHECKING:  # imported when a command runs: `ask` and `knowledge check` start without SQLAlchemy
     from bot.store import DayCounts, DeadDelivery, Stats, Store
@@ -31,13 +32,20 @@ def period_days(text: str) -> int | None:
     return None if match is None else min(365, max(1, int(match.group(1))))
 
 
+def not_a_period(text: str) -> str:
+    return f"{text!r} is not a period; give a number of days, such as 7d, 30d or 90"
+
+
 def with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
     """Open DATABASE_URL, run the store calls, close."""
 
     from bot.store import Store
 
     async def run() -> T:
-        store = await Store.open(settings.database_url)
+        try:
+            store = await Store.open(settings.database_url)
+        except Exception as exc:  # whatever the driver raises, the person needs the one reason
+            raise StartupError(database_problem(settings.database_url, exc)) from exc
         try:
             return await use(store)
         finally:
@@ -53,7 +61,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     days = period_days(args.period)
     if days is None:
-        print("usage: stats [7d|30d|Nd] [--png FILE]", file=sys.stderr)
+        print(f"error: stats: {not_a_period(args.period)}", file=sys.stderr)
         return EXIT_USAGE
     kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
     since = datetime.now(UTC) - timedelta(days=days)
@@ -63,7 +71,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         stats, per_day = with_store(settings, read)
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     lines = stats_lines(stats, days, kb)
@@ -87,7 +95,10 @@ def cmd_gaps(args: argparse.Namespace, settings: Settings) -> int:
     from bot.triage.normalise import Lexicon
 
     days = period_days(args.period)
-    if days is None or args.top < 1:
+    if days is None:
+        print(f"error: gaps: {not_a_period(args.period)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.top < 1:
         print("usage: gaps [7d|30d|Nd] [--top N] [--draft DIR]", file=sys.stderr)
         return EXIT_USAGE
     kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
@@ -95,7 +106,7 @@ def cmd_gaps(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
     try:
         questions = with_store(settings, lambda store: store.gap_questions(since=now - timedelta(days=days)))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     gaps = find_gaps(questions, lexicon, limit=args.top)
@@ -142,7 +153,7 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             item = with_store(settings, lambda store: store.retry_delivery(args.id))
         else:
             item = with_store(settings, lambda store: store.drop_delivery(args.id))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyError:

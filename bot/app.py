@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -19,13 +19,14 @@ from bot.context import BotContext, Knowledge
 from bot.handlers import handle_event, tell_failure
 from bot.inbox import InboxWriter
 from bot.keys import CONTEXT, INBOX, LOCAL, WEBSOCKET, WORKER
-from bot.knowledge import load_knowledge
+from bot.knowledge import KnowledgeError, load_knowledge
 from bot.local.routes import add_local_routes
 from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
 from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
 from bot.replicas import ReplicaSync
+from bot.startup import StartupError, database_problem, knowledge_problem, token_problem
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 WEBHOOK_CHECK_SECONDS = 300.0
+# How long the start waits for Webex to answer GET /people/me, so that a refused token stops it at once.
+IDENTITY_WAIT_SECONDS = 5.0
 
 
 def create_app(
@@ -70,8 +73,14 @@ def _context(
     websocket_options: SocketOptions,
 ) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
-        store = await Store.open(settings.database_url)
+        try:
+            kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
+        except KnowledgeError as exc:
+            raise StartupError(knowledge_problem(settings.knowledge_dir, exc)) from exc
+        try:
+            store = await Store.open(settings.database_url)
+        except Exception as exc:  # whatever the driver raises, the person needs the one reason
+            raise StartupError(database_problem(settings.database_url, exc)) from exc
         metrics = Metrics()
         # trust_env: HTTPS_PROXY, HTTP_PROXY and NO_PROXY apply to every outbound call (README).
         session = aiohttp.ClientSession(trust_env=True)
@@ -118,7 +127,6 @@ def _context(
                 session=session, ctx=ctx, inbox=app[INBOX], worker=worker, options=websocket_options
             )
             app[WEBSOCKET] = inbound
-            inbound.start()
         outbox: OutboxDeliverer | None = None
         if settings.ticket_webhook_url is not None:
             secret = settings.ticket_webhook_secret
@@ -130,7 +138,8 @@ def _context(
                 outbox_options,
             )
             outbox.start()
-        background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
+        identity = asyncio.create_task(_learn_identity(ctx, worker), name="identity")
+        background = [identity]
         if settings.retention_days > 0:
             background.append(
                 asyncio.create_task(
@@ -152,15 +161,29 @@ def _context(
                     watch_webhooks(webex, WEBHOOK_CHECK_SECONDS, stop=stop_watching), name="webhooks"
                 )
             )
-        log.info(
-            "ready: %d articles, database %s, %s",
-            len(kb.articles),
-            store.dialect,
-            "LOCAL mode (no WEBEX_ACCESS_TOKEN)"
-            if settings.local_mode
-            else f"Webex API {settings.webex_api_url}, inbound {settings.inbound}",
-        )
+        started = False
         try:
+            await _check_token(identity)
+            if inbound is not None:
+                inbound.start()  # after the token check: a refused token is said once, by the check
+            if settings.local_mode:
+                log.info(
+                    "local mode (no WEBEX_ACCESS_TOKEN): open %s - %d articles, database %s, an in-memory Webex",
+                    _address(settings),
+                    len(kb.articles),
+                    store.dialect,
+                )
+            else:
+                log.info(
+                    "%s: %d articles, database %s, Webex API %s, inbound %s, listening on %s",
+                    "ready" if ctx.me else "started (not ready until Webex answers GET /people/me)",
+                    len(kb.articles),
+                    store.dialect,
+                    settings.webex_api_url,
+                    settings.inbound,
+                    _address(settings),
+                )
+            started = True
             yield
         finally:
             stop_watching.set()
@@ -176,26 +199,56 @@ def _context(
             await replicas.stop()
             await session.close()
             await store.close()
-            log.info("stopped cleanly")
+            if started:
+                log.info("stopped cleanly")
 
     return lifetime
 
 
+def _address(settings: Settings) -> str:
+    """The one address to open; on every interface, that is this machine's own name for itself."""
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
+        host = "localhost"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
+
+
+async def _check_token(identity: asyncio.Task[None]) -> None:
+    """A refused token stops the start (it will not get better); a Webex that is down only delays readiness."""
+    await asyncio.wait({identity}, timeout=IDENTITY_WAIT_SECONDS)
+    if identity.done() and isinstance(identity.exception(), WebexAuthError):
+        raise StartupError(token_problem(cast(WebexAuthError, identity.exception())))
+    identity.add_done_callback(_report_refused_token)
+
+
+def _report_refused_token(identity: asyncio.Task[None]) -> None:
+    if identity.cancelled():
+        return
+    exc = identity.exception()
+    if isinstance(exc, WebexAuthError):
+        # Refused after the start (say, the token was revoked while Webex was down): the bot cannot work.
+        log.critical("%s", token_problem(exc))
+    elif exc is not None:
+        log.error("learning the bot's identity failed", exc_info=exc)
+
+
 async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
-    """GET /people/me until it answers: events wait safely in the inbox meanwhile, and /readyz says so."""
+    """GET /people/me until it answers: events wait safely in the inbox meanwhile, and /readyz says so.
+
+    Raises WebexAuthError: no retry helps a refused token."""
     delay = 1.0
     while True:
         try:
             ctx.me = await ctx.webex.get_me()
-        except WebexAuthError as exc:
-            log.critical("WEBEX_ACCESS_TOKEN was refused by Webex (%s); fix the token and restart", exc)
-            return
+        except WebexAuthError:
+            raise
         except (WebexError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("cannot learn the bot's identity yet, retrying in %.0fs: %s", delay, exc)
             await asyncio.sleep(delay + random.uniform(0, delay / 2))  # noqa: S311 - jitter, not a secret
             delay = min(delay * 2, 60.0)
             continue
-        log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
+        if not ctx.settings.local_mode:
+            log.info("signed in to Webex as %s (%s)", ctx.me.display_name, ctx.me.id)
         worker.ready.set()
         return
 

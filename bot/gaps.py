@@ -59,6 +59,7 @@ def find_gaps(questions: Sequence[GapQuestion], lexicon: Lexicon, *, limit: int 
     if not questions:
         return []
     import numpy as np  # only here: importing it with the bot would cost every replica 10 MiB for an admin command
+
     # Questions that say the same thing in the same words are compared once, and weigh as many.
     keys: dict[str, list[int]] = {}
     for i, question in enumerate(questions):

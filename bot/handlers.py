@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,7 @@ async def handle_event(event: InboxEvent, ctx: BotContext) -> None:
 
 
 async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: BotContext) -> None:
+    started = time.monotonic()
     data = envelope.message_data()
     me = ctx.identity
     if data.person_id == me.id:
@@ -105,6 +107,15 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         who="bot",
         # The reply's first line, without its markdown: the transcript is plain text.
         text=reply.message.markdown.split("\n", 1)[0].replace("**", "")[:MAX_STORED_TEXT],
+    )
+    # What an operator needs to see the bot at work, and never what the person wrote.
+    best = reply.triage.best if reply.triage is not None else None
+    log.info(
+        "message %s: %s, article %s, %.0f ms",
+        message.id,
+        reply.kind,
+        best.id if best else "-",
+        (time.monotonic() - started) * 1000,
     )
 
 
@@ -311,6 +322,7 @@ def _outcome_label(outcome: str) -> str:
 
 
 async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: BotContext) -> None:
+    started = time.monotonic()
     data = envelope.action_data()
     if data.person_id == ctx.identity.id:
         ctx.metrics.events_ignored.labels("self").inc()
@@ -360,6 +372,7 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     # A click is answered in the language the person last wrote in (the helpdesk space's in that space).
     with using_language(ctx.reply_language(action.room_id, action.person_id)):
         await handler(submit, click)
+    log.info("card submit %s: %s, %.0f ms", action.id, submit.verb, (time.monotonic() - started) * 1000)
 
 
 @submits.register(FeedbackData)

@@ -212,7 +212,10 @@ def whoami(settings: Settings) -> Person:
 def _required(value: SecretStr | None, variable: str) -> str:
     text = value.get_secret_value() if value is not None else ""
     if not text:
-        raise RegistrationError(f"{variable} is not set")
+        raise RegistrationError(
+            f"{variable} is not set: put it in .env (start from .env.example) or the environment; "
+            'see README.md, "Running it in Webex"'
+        )
     return text
 
 

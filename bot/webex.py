@@ -434,7 +434,9 @@ class WebexClient:
                     error = _error_for_status(status)(
                         message, method=method, path=display, status=status, tracking_id=tracking_id
                     )
-                    logger.warning("%s", error)
+                    # Every caller reports a refused token itself (start-up stops with one line that says
+                    # it, the worker logs the event's failure, trackingId included): said once, not twice.
+                    (logger.debug if isinstance(error, WebexAuthError) else logger.warning)("%s", error)
                     raise error
             if attempt + 1 >= self._max_attempts:
                 break

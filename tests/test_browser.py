@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,8 +81,11 @@ def renderer_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def run_server(tmp_path: Path, home: Path, **env_overrides: str) -> Iterator[str]:
-    """A real `python -m bot serve` in local mode on a free port; yields its base URL."""
+def run_server(
+    tmp_path: Path, home: Path, *, renderer_settled: bool = True, **env_overrides: str
+) -> Iterator[str]:
+    """A real `python -m bot serve` in local mode on a free port; yields its base URL (once the renderer
+    has stopped fetching, unless renderer_settled is False)."""
     port = _free_port()
     cache = home / ".cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBEX_", "HELPDESK_", "PUBLIC_URL"))}
@@ -121,9 +125,8 @@ def run_server(tmp_path: Path, home: Path, **env_overrides: str) -> Iterator[str
             if process.poll() is not None:
                 pytest.fail(f"the server exited with {process.returncode}:\n{server_log()}")
             try:
-                if (
-                    _get(f"{base}/readyz")[0] == 200
-                    and b'"fetching"' not in _get(f"{base}/local/renderer")[1]
+                if _get(f"{base}/readyz")[0] == 200 and (
+                    not renderer_settled or b'"fetching"' not in _get(f"{base}/local/renderer")[1]
                 ):
                     break
             except OSError:
@@ -140,6 +143,10 @@ def run_server(tmp_path: Path, home: Path, **env_overrides: str) -> Iterator[str
             process.kill()
             process.wait()
     assert "Traceback" not in server_log(), server_log()
+    SERVER_LOGS[base] = log_path.read_text(errors="replace")
+
+
+SERVER_LOGS: dict[str, str] = {}  # each server's whole log once it stopped, by base URL
 
 
 @pytest.fixture
@@ -176,8 +183,10 @@ async def browser() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def open_playground(browser: Browser, base: str) -> tuple[Page, list[str]]:
-    page = await browser.new_page(viewport={"width": 1000, "height": 1400})
+async def open_playground(
+    browser: Browser, base: str, *, width: int = 1000, height: int = 1400
+) -> tuple[Page, list[str]]:
+    page = await browser.new_page(viewport={"width": width, "height": height})
     page.set_default_timeout(UI_TIMEOUT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
@@ -280,6 +289,255 @@ async def test_without_the_renderer_the_page_says_what_to_run(
     assert await page.locator(".ac-adaptiveCard").count() == 0
     await screenshot(page, "playground-no-renderer.png")
     assert not problems, problems
+
+
+# --- a first visit: the greeting, the chat layout, text replies, the helpdesk badge, the JSON view ----------
+
+EXAMPLES = {
+    "Error: 1000:1002 when I open phone services": "1000:1002",
+    "blank screen when I sign in": "blank-screen",
+    "okta setup": "okta-saml-setup",
+}
+
+
+async def bot_replies(page: Page) -> Any:
+    return page.locator("#log-employee .message.from-bot")
+
+
+async def test_the_page_greets_and_its_examples_ask_the_bot(
+    server: str, browser: Browser, kb: KnowledgeBase
+) -> None:
+    # Tall enough that the README's picture shows the greeting, the question and the whole answer.
+    page, problems = await open_playground(browser, server, height=1280)
+    greeting = page.locator("#greeting")
+    await expect(greeting).to_contain_text("I'm the helpdesk bot")
+    await expect(greeting).to_contain_text("helpdesk")
+    examples = greeting.get_by_role("button")
+    assert await examples.all_inner_texts() == list(EXAMPLES)
+    assert await page.locator("#log-employee .message").count() == 0
+    await screenshot(page, "playground-greeting.png")
+    for n, (text, article_id) in enumerate(EXAMPLES.items(), 1):
+        await greeting.get_by_role("button", name=text).click()
+        await expect(page.locator("#log-employee .message.from-person").last).to_have_text(
+            re.compile(re.escape(text))
+        )
+        replies = await bot_replies(page)
+        await expect(replies).to_have_count(n)
+        await expect(replies.last.locator(".ac-adaptiveCard")).to_contain_text(kb.articles[article_id].title)
+        if n == 1:
+            await screenshot(page, "playground-readme.png")  # docs/images/playground.png is this one
+    assert not problems, problems
+
+
+async def _layout(page: Page) -> dict[str, float]:
+    result: dict[str, float] = await page.evaluate(
+        """() => {
+          const scroller = document.getElementById("scroll-employee").getBoundingClientRect();
+          const box = document.getElementById("scroll-employee");
+          const last = [...document.querySelectorAll("#log-employee .message")].pop().getBoundingClientRect();
+          const input = document.getElementById("message").getBoundingClientRect();
+          return {
+            pageScroll: document.scrollingElement.scrollHeight - window.innerHeight,
+            viewport: window.innerHeight, inputTop: input.top, inputBottom: input.bottom,
+            scrollerTop: scroller.top, scrollerBottom: scroller.bottom,
+            lastTop: last.top, lastBottom: last.bottom,
+            scrolled: box.scrollTop, overflow: box.scrollHeight - box.clientHeight,
+          };
+        }"""
+    )
+    return result
+
+
+async def test_the_message_box_stays_pinned_and_the_newest_message_in_view(
+    server: str, browser: Browser
+) -> None:
+    page, problems = await open_playground(browser, server, height=700)
+    messages = ["help", MESSAGE, "my tickets", "Error: 1000:1002", "setup step 10"]
+    for text in messages:
+        await ask_text(page, text)
+        layout = await _layout(page)
+        # The page itself never scrolls: the log does, and the message box stays on screen below it.
+        assert layout["pageScroll"] <= 1, layout
+        assert layout["inputTop"] >= 0 and layout["inputBottom"] <= layout["viewport"], layout
+        # The newest message ends inside the log's visible part.
+        assert layout["scrollerTop"] < layout["lastBottom"] <= layout["scrollerBottom"] + 1, layout
+    assert layout["overflow"] > 0 and layout["scrolled"] > 0, layout  # the log did have to scroll
+    await screenshot(page, "playground-pinned.png")
+
+    # Scrolled up to read: a new message still comes into view once the person sends one.
+    await page.evaluate("document.getElementById('scroll-employee').scrollTop = 0")
+    await ask_text(page, "okta setup")
+    layout = await _layout(page)
+    assert layout["scrollerTop"] < layout["lastBottom"] <= layout["scrollerBottom"] + 1, layout
+    assert not problems, problems
+
+
+async def ask_text(page: Page, text: str) -> None:
+    """Type `text` and wait for the bot's reply to it (a card or a text message)."""
+    replies = await bot_replies(page)
+    before = await replies.count()
+    box = page.get_by_label("Message the bot")
+    await box.fill(text)
+    await box.press("Enter")
+    await expect(replies).to_have_count(before + 1)
+    # Drawn and settled: cards take a frame or two to render and the log to follow them down.
+    await page.wait_for_timeout(300)
+
+
+async def test_my_tickets_shows_markdown_drawn_not_raw(server: str, browser: Browser) -> None:
+    page, problems = await open_playground(browser, server, height=700)
+    await ask_text(page, "my tickets")
+    reply = (await bot_replies(page)).last
+    await expect(reply.locator(".text.md strong")).to_have_text("Your tickets")
+    assert "**" not in await reply.inner_text()
+    await screenshot(page, "playground-my-tickets.png")
+    assert not problems, problems
+
+
+async def test_two_digit_step_numbers_are_not_clipped(server: str, browser: Browser) -> None:
+    page, problems = await open_playground(browser, server, height=900)
+    await ask_text(page, "setup step 10")
+    card = (await bot_replies(page)).last.locator(".ac-adaptiveCard")
+    await expect(card).to_contain_text("Steps 9")
+    lists = await card.evaluate(
+        """(card) => [...card.querySelectorAll("ol")].map((ol) => {
+          const li = ol.querySelector("li");
+          const style = getComputedStyle(li);
+          const canvas = document.createElement("canvas").getContext("2d");
+          canvas.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+          const last = Number(ol.getAttribute("start") || 1) + ol.children.length - 1;
+          // An outside marker ("12. ") sits in the list's left padding; the text block clips what sticks out.
+          return { last, padding: parseFloat(getComputedStyle(ol).paddingLeft),
+                   marker: canvas.measureText(`${last}. `).width };
+        })"""
+    )
+    assert any(item["last"] >= 12 for item in lists), lists
+    for item in lists:
+        assert item["padding"] >= item["marker"], f"step {item['last']}'s number is clipped: {item}"
+    await card.screenshot(path=str(ARTIFACTS / "playground-steps-10-12.png"))
+    assert not problems, problems
+
+
+async def test_the_helpdesk_badge_counts_only_unread_messages_across_reloads(
+    server: str, browser: Browser
+) -> None:
+    page, problems = await open_playground(browser, server, height=900)
+    badge = page.locator("#helpdesk-unread")
+    card = await ask(page, MESSAGE)
+    await card.get_by_role("button", name="Contact the helpdesk").click()
+    await send_to_helpdesk(page, NOTE)
+    await expect(badge).to_have_text("1 new")
+    # Not read yet: still new after a reload.
+    await page.reload()
+    await expect(page.locator("#log-helpdesk .message")).to_have_count(1)
+    await expect(badge).to_have_text("1 new")
+    # Read it, come back, reload: nothing is new.
+    await page.get_by_role("tab", name="Helpdesk").click()
+    await expect(badge).to_be_hidden()
+    await page.get_by_role("tab", name="Employee").click()
+    await page.reload()
+    await expect(page.locator("#log-helpdesk .message")).to_have_count(1)
+    await page.wait_for_timeout(500)  # the badge is drawn with the first poll's answer, already in
+    await expect(badge).to_be_hidden()
+    # A second ticket after the reload is counted, and only it.
+    await ask_text(page, "talk to a human")
+    await send_to_helpdesk(page, "Second try.")
+    await expect(page.locator("#log-helpdesk .message")).to_have_count(2)
+    await expect(badge).to_have_text("1 new")
+    await screenshot(page, "playground-badge.png")
+    assert not problems, problems
+
+
+async def send_to_helpdesk(page: Page, note: str) -> None:
+    send_button = page.get_by_role("button", name="Send to the helpdesk")
+    note_card = page.locator("#log-employee .ac-adaptiveCard").filter(has=send_button).last
+    await expect(note_card).to_be_visible()
+    await note_card.get_by_role("textbox").fill(note)
+    await note_card.get_by_role("button", name="Send to the helpdesk").click()
+
+
+async def json_blocks(message: Any) -> list[Any]:
+    """Open a message's JSON view; each <pre> in it, parsed."""
+    await message.get_by_role("button", name="JSON", exact=True).first.click()
+    region = message.get_by_role("region", name="JSON").first
+    await expect(region.locator("pre").first).to_be_visible()
+    return [json.loads(text) for text in await region.locator("pre").all_inner_texts()]
+
+
+async def test_the_json_view_shows_the_card_and_the_event_as_webex_sends_them(
+    server: str, browser: Browser
+) -> None:
+    page, problems = await open_playground(browser, server, height=1100)
+    card = await ask(page, MESSAGE)
+    mine = page.locator("#log-employee .message.from-person").last
+    webhook, message = await json_blocks(mine)
+    assert (webhook["resource"], webhook["event"]) == ("messages", "created")
+    assert webhook["data"]["id"] == message["id"] and "text" not in webhook["data"]  # webhooks carry no text
+    assert message["text"] == MESSAGE and message["roomType"] == "direct"
+
+    reply = page.locator("#log-employee .message.from-bot").last
+    # "Text version" sits beside "JSON" under a card.
+    await expect(reply.locator(".views button")).to_have_text(["Text version", "JSON"])
+    content, posted = await json_blocks(reply)
+    assert content["type"] == "AdaptiveCard" and content["version"] == "1.3"
+    [attachment] = posted["attachments"]
+    assert attachment == {"contentType": "application/vnd.microsoft.card.adaptive", "content": content}
+    assert posted["markdown"] and "parentId" not in posted  # a direct space: no thread, and no null sent
+    await screenshot(page, "playground-json.png")
+
+    await card.get_by_role("button", name="Yes, it helped").click()
+    note = page.locator(f'[data-message-id="{posted["id"]}"] .note', has_text="Sent to the bot")
+    await expect(note).to_be_visible()
+    webhook, action = await json_blocks(note)
+    assert (webhook["resource"], webhook["data"]["messageId"]) == ("attachmentActions", posted["id"])
+    assert action["inputs"]["verb"] == "feedback" and action["id"] == webhook["data"]["id"]
+    assert not problems, problems
+
+
+FAKE_SLOW_NPM = """#!{python}
+# npm as the bot runs it (install --prefix DIR ... --loglevel=http), slowed down, with the real files.
+import shutil, sys, time
+prefix = sys.argv[sys.argv.index("--prefix") + 1]
+packages = {{"adaptivecards": "3.0.6", "swiper": "11.0.0", "markdown-it": "14.1.0"}}
+for name in packages:
+    print(f"npm http fetch GET 200 https://registry.npmjs.org/{{name}} 12ms (cache updated)", flush=True)
+    time.sleep({step})
+for name, version in packages.items():
+    print(f"npm http fetch GET 200 https://registry.npmjs.org/{{name}}/-/{{name}}-{{version}}.tgz 30ms", flush=True)
+    time.sleep({step})
+shutil.copytree({source!r}, prefix + "/node_modules")
+print("added 3 packages in 6s")
+"""
+
+
+async def test_the_first_fetch_shows_its_progress_in_the_log_and_on_the_page(
+    tmp_path: Path, renderer_home: Path, browser: Browser, kb: KnowledgeBase
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    source = renderer_home / ".cache" / "helpdesk-bot" / "npm" / "node_modules"
+    npm.write_text(FAKE_SLOW_NPM.format(python=sys.executable, step=1.0, source=str(source)))
+    npm.chmod(0o755)
+    home = tmp_path / "first-run-home"
+    home.mkdir()
+    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}"
+    with run_server(tmp_path, home, renderer_settled=False, PATH=path) as base:
+        page, problems = await open_playground(browser, base, height=700)
+        banner = page.locator("#renderer-status")
+        await expect(banner).to_contain_text("Fetching the Adaptive Cards renderer with npm")
+        await expect(banner).to_contain_text(re.compile(r"3 packages resolved, [12] of 3 downloaded"))
+        await expect(banner.locator("progress")).to_be_visible()
+        await screenshot(page, "playground-fetching.png")
+        # Done: the banner goes and cards render, without a reload.
+        await expect(banner).to_be_hidden(timeout=30_000)
+        card = await ask(page, MESSAGE)
+        await expect(card).to_contain_text(kb.articles["blank-screen"].title)
+        assert not problems, problems
+    log = SERVER_LOGS[base]
+    assert "first start: fetching the Adaptive Cards renderer with npm" in log
+    assert "fetching the Adaptive Cards renderer: 3 packages resolved, 1 of 3 downloaded" in log
+    assert re.search(r"Adaptive Cards renderer ready in \d+\.\d s", log), log
 
 
 async def test_the_stats_chart_shows_in_the_playground(

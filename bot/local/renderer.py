@@ -7,10 +7,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +31,8 @@ VENDOR_FILES: dict[str, str] = {
 }
 INSTALL_TIMEOUT_SECONDS = 300.0
 OUTPUT_TAIL_CHARS = 600
+OUTPUT_LINE_LIMIT = 1 << 20  # npm's longest lines (a dependency tree in an error) fit
+PROGRESS_LOG_SECONDS = 5.0  # a slow fetch says it is still at work this often
 
 Status = Literal["fetching", "ready", "missing-npm", "failed"]
 
@@ -70,6 +75,7 @@ class Renderer:
         self.status: Status = "fetching"
         self.detail = "not started yet"
         self.versions: dict[str, dict[str, str]] = {}
+        self.progress = Progress()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -138,6 +144,7 @@ class Renderer:
             "detail": self.detail,
             "command": self.shell_command(),
             "packages": self.versions,
+            "progress": self.progress.as_json(),
         }
 
     # -- fetching -----------------------------------------------------------------------------------
@@ -175,14 +182,22 @@ class Renderer:
             "fetching",
             f"npm is installing {' '.join(self.packages)} into {self.npm_dir}",
         )
-        log.info("fetching the Adaptive Cards renderer with npm into %s ...", self.npm_dir)
+        log.info(
+            "first start: fetching the Adaptive Cards renderer with npm into %s "
+            "(the playground shows cards as text until it is done)",
+            self.npm_dir,
+        )
+        now = time.monotonic()
+        self.progress = Progress(started=now, logged=now)
         npm_dir = self.npm_dir
         npm_dir.parent.mkdir(parents=True, exist_ok=True)
         # Install beside the cache and move it in whole: a half-finished or concurrent install never
         # looks like a ready cache.
         staging = Path(tempfile.mkdtemp(prefix="npm-staging-", dir=npm_dir.parent))
         try:
-            code, output = await self._run([npm, *self.install_args(staging), "--no-audit", "--no-fund"])
+            # --loglevel=http: one line per request, which is what the progress counts.
+            argv = [npm, *self.install_args(staging), "--no-audit", "--no-fund", "--loglevel=http"]
+            code, output = await self._run(argv)
             if code != 0:
                 self._fail("failed", f"npm install failed (exit {code}): {output}")
                 return
@@ -193,30 +208,51 @@ class Renderer:
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         if self.refresh():
-            log.info("Adaptive Cards renderer ready: %s", self.detail)
+            log.info("Adaptive Cards renderer ready in %s: %s", self.progress.elapsed_text(), self.detail)
         else:
             self._fail("failed", f"the renderer files did not arrive in {npm_dir}")
 
     async def _run(self, argv: list[str]) -> tuple[int, str]:
+        """Run npm, following its output line by line for the progress; returns the exit code and the tail."""
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
+                limit=OUTPUT_LINE_LIMIT,
             )
         except OSError as exc:
             return 127, str(exc)
+        tail: list[str] = []
         try:
-            out, _ = await asyncio.wait_for(process.communicate(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                assert process.stdout is not None
+                async for raw in process.stdout:
+                    line = raw.decode(errors="replace").rstrip()
+                    # The http lines are progress, not news: the tail keeps what explains a failure.
+                    if self.progress.count(line):
+                        self._log_progress()
+                    elif line:
+                        tail.append(line)
+                        del tail[:-20]
+                await process.wait()
         except TimeoutError:
             return -1, f"no answer from npm after {self.timeout:.0f}s"
         finally:
             if process.returncode is None:  # timed out or cancelled by shutdown
                 process.kill()
                 await process.wait()
-        text = out.decode(errors="replace").strip()
+        text = "\n".join(tail).strip()
         return process.returncode or 0, text[-OUTPUT_TAIL_CHARS:]
+
+    def _log_progress(self) -> None:
+        # Said once when npm has resolved the packages and starts downloading, then every few seconds.
+        now = time.monotonic()
+        first_download = self.progress.downloaded == 1
+        if first_download or now - self.progress.logged >= PROGRESS_LOG_SECONDS:
+            self.progress.logged = now
+            log.info("fetching the Adaptive Cards renderer: %s", self.progress.text())
 
     def _move_in(self, staging: Path, npm_dir: Path) -> None:
         if self._installed(npm_dir) is not None:
@@ -228,6 +264,58 @@ class Renderer:
 
     def _fail(self, status: Status, detail: str) -> None:
         self.status, self.detail = status, detail
-        log.warning("Adaptive Cards renderer %s: %s", status, detail)
+        # One line: the bot runs on (the playground shows cards as text), and the page says the same.
+        detail_line = " ".join(detail.split())
         if status == "failed":
-            log.warning("run it by hand to see why: %s", self.shell_command())
+            detail_line += f"; run it by hand to see why: {self.shell_command()}"
+        log.warning("Adaptive Cards renderer %s (cards show as text): %s", status, detail_line)
+
+
+@dataclass
+class Progress:
+    """What npm has done so far, counted from its --loglevel=http lines."""
+
+    started: float | None = None
+    resolved: int = 0  # package documents fetched: how many packages there will be
+    downloaded: int = 0  # tarballs fetched or taken from npm's cache
+    last: str = ""  # the package npm is at
+    logged: float = 0.0
+
+    def count(self, line: str) -> bool:
+        """Count one line of npm's output; False when it is not an http line."""
+        match = _HTTP_LINE.match(line)
+        if match is None:
+            return False
+        url = match.group("url")
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        if url.endswith(".tgz"):
+            self.downloaded += 1
+            self.last = name.removesuffix(".tgz")
+        else:
+            self.resolved += 1
+            self.last = name
+        return True
+
+    def elapsed_text(self) -> str:
+        return f"{time.monotonic() - self.started:.1f} s" if self.started is not None else "no time"
+
+    def text(self) -> str:
+        done = f"{self.resolved} package{'' if self.resolved == 1 else 's'} resolved"
+        if self.downloaded:
+            done += f", {min(self.downloaded, self.resolved)} of {self.resolved} downloaded"
+        return f"{done} ({self.elapsed_text()})"
+
+    def as_json(self) -> dict[str, Any]:
+        seconds = time.monotonic() - self.started if self.started is not None else 0.0
+        return {
+            "resolved": self.resolved,
+            "downloaded": self.downloaded,
+            "last": self.last,
+            "seconds": round(seconds, 1),
+            "text": self.text() if self.started is not None else "",
+        }
+
+
+# "npm http fetch GET 200 https://registry.npmjs.org/markdown-it 18ms (cache updated)" and
+# "npm http cache mdurl@https://registry.npmjs.org/mdurl/-/mdurl-2.1.0.tgz 0ms (cache hit)"
+_HTTP_LINE = re.compile(r"^npm http (?:fetch \S+ \d+ |cache \S*?@)(?P<url>https?://\S+)")

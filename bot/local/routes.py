@@ -65,6 +65,8 @@ def add_local_routes(app: web.Application, *, renderer: Renderer | None = None) 
     app.router.add_post("/local/messages", post_message)
     app.router.add_post("/local/actions", post_action)
     app.router.add_get("/local/messages", list_messages)
+    app.router.add_get("/local/messages/{item_id}/json", wire_json)
+    app.router.add_get("/local/actions/{item_id}/json", wire_json)
     app.router.add_get("/local/articles", list_articles)
     app.router.add_get("/local/articles/{article_id}/card", article_card)
     app.router.add_get("/local/renderer", renderer_status)
@@ -191,6 +193,14 @@ async def list_messages(request: web.Request) -> web.Response:
             found, cursor = local.messages_after(room, query.after)
     items = [m.model_dump(mode="json", by_alias=True) for m in found]
     return web.json_response({"room": room, "items": items, "cursor": cursor})
+
+
+async def wire_json(request: web.Request) -> web.Response:
+    """The JSON view: a message or card submit, and its webhook, as Webex would send them to the bot."""
+    found = _local(request).wire_json(request.match_info["item_id"])
+    if found is None:
+        return web.json_response({"error": "no such message or action"}, status=404)
+    return web.json_response(found, dumps=lambda value: json.dumps(value, ensure_ascii=False, indent=2))
 
 
 async def list_articles(request: web.Request) -> web.Response:

@@ -57,6 +57,9 @@ class LocalWebex:
         self.members: set[tuple[str, str]] = set()
         self.rooms: dict[str, RoomType] = {LOCAL_HELPDESK_ROOM: "group"}
         self._direct: dict[str, str] = {}
+        # What the playground's JSON view shows: the bodies as Webex would send them, by message or action id.
+        self._wire: dict[str, dict[str, Any]] = {}
+        self._webhooks: dict[str, dict[str, Any]] = {}
         self._log: list[Message] = []  # every message in order; a poll cursor is an index into it
         self._changed = asyncio.Event()
         self._closing = False
@@ -203,6 +206,7 @@ class LocalWebex:
     def _store(self, fields: dict[str, Any]) -> Message:
         message = Message.model_validate(fields)
         self.messages[message.id] = message
+        self._wire[message.id] = _as_sent(fields)
         self._log.append(message)
         # Wake every long poll; each checks whether the news is for its space.
         self._changed.set()
@@ -230,19 +234,27 @@ class LocalWebex:
         card = self.messages.get(message_id)
         if card is None:
             return None
-        action = AttachmentAction.model_validate(
-            {
-                "id": self._id("action"),
-                "type": "submit",
-                "messageId": message_id,
-                "personId": person_id(email),
-                "roomId": card.room_id,
-                "inputs": inputs,
-                "created": _now(),
-            }
-        )
+        fields = {
+            "id": self._id("action"),
+            "type": "submit",
+            "messageId": message_id,
+            "personId": person_id(email),
+            "roomId": card.room_id,
+            "inputs": inputs,
+            "created": _now(),
+        }
+        action = AttachmentAction.model_validate(fields)
         self.actions[action.id] = action
+        self._wire[action.id] = fields
         return action
+
+    def wire_json(self, item_id: str) -> dict[str, Any] | None:
+        """A message or action as GET /messages/{id} or /attachment/actions/{id} answers, and the webhook
+        that announced it (None for the bot's own messages, which the bot does not act on)."""
+        body = self._wire.get(item_id)
+        if body is None:
+            return None
+        return {"webhook": self._webhooks.get(item_id), "body": body}
 
     def messages_after(self, room_id: str, cursor: int) -> tuple[list[Message], int]:
         """The messages of one space posted after `cursor`, and the cursor to pass next time."""
@@ -264,7 +276,7 @@ class LocalWebex:
 
     def envelope(self, resource: str, data: dict[str, Any]) -> dict[str, Any]:
         """A webhook envelope as Webex would send it, so local events enter through the same inbox."""
-        return {
+        envelope = {
             "id": "local-webhook",
             "name": "local",
             "targetUrl": "local",
@@ -279,3 +291,10 @@ class LocalWebex:
             "actorId": data.get("personId", ""),
             "data": data,
         }
+        self._webhooks[data["id"]] = envelope
+        return envelope
+
+
+def _as_sent(fields: dict[str, Any]) -> dict[str, Any]:
+    # Webex leaves out what a message does not have (no parentId, no attachments) rather than sending null.
+    return {key: value for key, value in fields.items() if value is not None and value != []}

@@ -59,14 +59,27 @@
     if (status.status === "ready") {
       banner.hidden = true;
       const versions = Object.entries(status.packages || {})
-        .map(([name, v]) => `${name} ${v.version} (${v.license} licence)`)
+        .map(([name, v]) => `${name} ${v.version}`)
         .join(", ");
       $("renderer-versions").textContent = versions ? `Loaded: ${versions}.` : "";
       return;
     }
     banner.hidden = false;
     if (status.status === "fetching") {
-      banner.append("Fetching the Adaptive Cards renderer with npm… Until it is ready, cards show as text.");
+      const progress = status.progress || {};
+      const bar = el("progress", { max: 1 });
+      bar.setAttribute("aria-label", "Fetching the renderer");
+      if (progress.downloaded > 0 && progress.resolved > 0) {
+        bar.max = progress.resolved;
+        bar.value = Math.min(progress.downloaded, progress.resolved);
+      } else {
+        bar.removeAttribute("value"); // indeterminate until npm says how many packages there are
+      }
+      banner.append(
+        el("strong", { textContent: "Fetching the Adaptive Cards renderer with npm (first start only)…" }),
+        ` ${progress.text ? `${progress.text}. ` : ""}Until it is ready, cards show as text.`,
+        bar,
+      );
       return;
     }
     const what = status.status === "missing-npm"
@@ -111,7 +124,7 @@
       supportsInteractivity: true,
       actions: { maxActions: 5, buttonSpacing: 8, actionsOrientation: "horizontal", showCard: { actionMode: "inline" } },
     });
-    renderer = { AC, hostConfig };
+    renderer = { AC, hostConfig, md };
     for (const space of Object.values(spaces)) space.redraw();
     if (preview.card) preview.draw();
   }
@@ -138,6 +151,75 @@
     }
   }
 
+  // Message markdown as Webex draws it (markdown-it escapes any HTML in it); plain text until it is loaded.
+  function markdownNode(text) {
+    const node = el("div", { className: "text" });
+    if (!renderer) {
+      node.textContent = text;
+      return node;
+    }
+    node.classList.add("md");
+    node.innerHTML = renderer.md.render(text);
+    for (const link of node.querySelectorAll("a[href]")) {
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+    }
+    return node;
+  }
+
+  const json = (value) => el("pre", {}, el("code", { textContent: JSON.stringify(value, null, 2) }));
+
+  // The JSON view: what Webex would send the bot for this message or card submit (the Bot Framework
+  // Emulator's inspector, for Webex).
+  async function wireView(kind, id) {
+    const data = await api("GET", `/local/${kind}/${encodeURIComponent(id)}/json`);
+    const parts = [];
+    const card = (data.body.attachments || []).find((a) => a.contentType === CARD);
+    if (card) parts.push(el("h3", { textContent: "The card (attachments[0].content; paste it into the Adaptive Cards Designer)" }), json(card.content));
+    if (data.webhook) parts.push(el("h3", { textContent: "The webhook Webex posts to the bot (POST /webhooks/webex)" }), json(data.webhook));
+    const get = kind === "messages" ? `GET /messages/${id}` : `GET /attachment/actions/${id}`;
+    parts.push(el("h3", { textContent: `What the bot reads with ${get}` }), json(data.body));
+    return parts;
+  }
+
+  let viewCount = 0;
+  // Toggle buttons under a message ("Text version", "JSON"), each opening its own region below them.
+  function viewsBar(views) {
+    const bar = el("div", { className: "views" });
+    const regions = [];
+    for (const [label, build] of views) {
+      const region = el("div", { className: "view", id: `view-${++viewCount}`, hidden: true });
+      region.setAttribute("role", "region");
+      region.setAttribute("aria-label", label);
+      const button = el("button", { type: "button", textContent: label });
+      button.setAttribute("aria-expanded", "false");
+      button.setAttribute("aria-controls", region.id);
+      let built = false;
+      button.addEventListener("click", async () => {
+        const open = button.getAttribute("aria-expanded") !== "true";
+        button.setAttribute("aria-expanded", String(open));
+        region.hidden = !open;
+        if (!open) return;
+        // The person is reading this message now: its space stops following new ones down until they send.
+        button.dispatchEvent(new CustomEvent("viewopen", { bubbles: true }));
+        if (!built) {
+          built = true;
+          region.replaceChildren(el("p", { className: "note", textContent: "Loading…" }));
+          try {
+            region.replaceChildren(...[await build()].flat());
+          } catch (err) {
+            built = false;
+            region.replaceChildren(el("p", { className: "error", textContent: `Could not load it: ${err.message}` }));
+          }
+        }
+        region.scrollIntoView({ block: "nearest" });
+      });
+      bar.append(button);
+      regions.push(region);
+    }
+    return [bar, ...regions];
+  }
+
   function openUrl(url) {
     if (/^(https?:|mailto:)/i.test(url)) window.open(url, "_blank", "noopener,noreferrer");
   }
@@ -151,8 +233,25 @@
   // -- A space: a log of messages kept current with long polls -------------------------------------
 
   class Space {
-    constructor(name, room, email, log, onNew) {
-      Object.assign(this, { name, room, email, log, onNew, cursor: 0, items: new Map() });
+    constructor(name, room, email, log, scroller, onNew) {
+      Object.assign(this, { name, room, email, log, scroller, onNew, cursor: 0, items: new Map(), polled: false });
+      // Like a chat app: the newest message stays in view, unless the person scrolled up to read.
+      this.stuck = true;
+      scroller.addEventListener("scroll", () => {
+        this.stuck = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+      });
+      // Cards grow after they arrive (the renderer loads, a button opens a form): follow them down.
+      new ResizeObserver(() => {
+        if (this.stuck) this.toBottom();
+      }).observe(log);
+      log.addEventListener("viewopen", () => {
+        this.stuck = false;
+      });
+    }
+
+    toBottom() {
+      this.scroller.scrollTop = this.scroller.scrollHeight;
+      this.stuck = true;
     }
 
     async poll() {
@@ -161,8 +260,11 @@
         try {
           const query = new URLSearchParams({ room: this.room, after: this.cursor, wait: POLL_WAIT_SECONDS });
           const page = await api("GET", `/local/messages?${query}`);
-          for (const message of page.items) this.add(message);
+          const added = page.items.filter((message) => this.add(message));
           this.cursor = page.cursor;
+          const first = !this.polled;
+          this.polled = true;
+          if (this.onNew) this.onNew(added, first);
           delay = 1000;
         } catch (err) {
           console.warn(`polling ${this.name} failed, retrying`, err);
@@ -173,15 +275,20 @@
     }
 
     add(message) {
-      if (this.items.has(message.id)) return;
+      if (this.items.has(message.id)) return false;
       const item = el("li", { className: "message" });
       item.dataset.messageId = message.id;
       this.items.set(message.id, { message, item });
       this.draw(message, item);
       this.log.append(item);
-      item.scrollIntoView({ block: "nearest" });
+      // What the person just sent, or anything while they are at the bottom, comes into view.
+      if (this.stuck || message.personId !== config.bot.id) this.toBottom();
       if (message.personId === config.bot.id) announce(`${config.bot.name} posted in the ${this.name} space.`);
-      if (this.onNew) this.onNew(message);
+      return true;
+    }
+
+    lastId() {
+      return [...this.items.keys()].pop() ?? null;
     }
 
     redraw() {
@@ -200,13 +307,15 @@
       const attachment = (message.attachments || []).find((a) => a.contentType === CARD);
       const card = attachment ? renderCard(attachment.content, (action) => this.act(message, action, item)) : null;
       const text = message.markdown || message.text || "";
+      const views = [];
       if (card) {
         body.push(el("div", { className: "card" }, card));
-        body.push(el("details", { className: "fallback" },
-          el("summary", { textContent: "Text version (what Webex shows without cards)" }),
-          el("div", { className: "text", textContent: text })));
+        views.push(["Text version", () => [
+          el("p", { className: "note", textContent: "What Webex shows where cards cannot be shown (notifications, old clients):" }),
+          markdownNode(text),
+        ]]);
       } else {
-        body.push(el("div", { className: "text", textContent: text }));
+        body.push(message.markdown ? markdownNode(message.markdown) : el("div", { className: "text", textContent: text }));
       }
       // Files the bot uploaded (the stats chart), shown inline as Webex shows images; only the bot's own.
       for (const url of message.files || []) {
@@ -214,6 +323,8 @@
           body.push(el("img", { className: "upload", src: url, alt: text || "a file the bot sent", loading: "lazy" }));
         }
       }
+      views.push(["JSON", () => wireView("messages", message.id)]);
+      body.push(...viewsBar(views));
       item.replaceChildren(...body);
     }
 
@@ -226,8 +337,9 @@
         note.setAttribute("role", "status");
         item.append(note);
         try {
-          await api("POST", "/local/actions", { message_id: message.id, inputs: submitInputs(action), email: this.email });
-          note.textContent = `You pressed “${action.title}”. Sent to the bot.`;
+          const sent = await api("POST", "/local/actions", { message_id: message.id, inputs: submitInputs(action), email: this.email });
+          note.textContent = `You pressed “${action.title}”. Sent to the bot. `;
+          note.append(...viewsBar([["JSON", () => wireView("actions", sent.id)]]));
         } catch (err) {
           note.textContent = `“${action.title}” could not be sent: ${err.message}`;
           note.classList.add("error");
@@ -304,12 +416,14 @@
         else note.textContent = `“${action.title}” does nothing in a preview; ask the bot in the Employee tab to try it.`;
       };
       const card = this.card.card ? renderCard(this.card.card, onAction) : null;
-      const text = el("div", { className: "text", textContent: this.card.markdown });
+      const { markdown } = this.card;
       if (card) {
-        $("preview").replaceChildren(el("div", { className: "card" }, card),
-          el("details", { className: "fallback" }, el("summary", { textContent: "Text version" }), text));
+        $("preview").replaceChildren(el("div", { className: "card" }, card), ...viewsBar([
+          ["Text version", () => markdownNode(markdown)],
+          ["JSON", () => [el("h3", { textContent: "The card (paste it into the Adaptive Cards Designer)" }), json(this.card.card)]],
+        ]));
       } else {
-        $("preview").replaceChildren(text);
+        $("preview").replaceChildren(markdownNode(markdown));
       }
     },
   };
@@ -328,36 +442,68 @@
       badge.hidden = unread === 0;
       badge.textContent = unread ? `${unread} new` : "";
     };
-    spaces.employee = new Space("employee", config.employee.room, config.employee.email, $("log-employee"));
-    spaces.helpdesk = new Space("helpdesk", config.helpdesk.room, config.helpdesk.email, $("log-helpdesk"), () => {
+    // The newest helpdesk message seen, kept across reloads, so a reload does not count read ones again.
+    const seenKey = `helpdesk-bot.seen.${config.helpdesk.room}`;
+    const seen = {
+      get: () => {
+        try { return localStorage.getItem(seenKey); } catch { return null; }
+      },
+      set: (id) => {
+        try { if (id) localStorage.setItem(seenKey, id); } catch { /* private mode: counts restart on reload */ }
+      },
+    };
+    spaces.employee = new Space("employee", config.employee.room, config.employee.email, $("log-employee"), $("scroll-employee"));
+    spaces.helpdesk = new Space("helpdesk", config.helpdesk.room, config.helpdesk.email, $("log-helpdesk"), $("scroll-helpdesk"), (added, first) => {
+      if (!added.length) return;
       $("helpdesk-empty").hidden = true;
-      if (!helpdeskVisible) unread += 1;
+      let fresh = added;
+      if (first) {
+        // The space's history on a reload: what came after the last message seen is new (all of it, when that
+        // one is not there: the bot restarted with an empty in-memory Webex).
+        const i = added.findIndex((message) => message.id === seen.get());
+        if (i >= 0) fresh = added.slice(i + 1);
+      }
+      if (helpdeskVisible) seen.set(spaces.helpdesk.lastId());
+      else unread += fresh.length;
       showUnread();
     });
 
     setupTabs((id) => {
       helpdeskVisible = id === "tab-helpdesk";
-      if (helpdeskVisible) unread = 0;
+      if (helpdeskVisible) {
+        unread = 0;
+        seen.set(spaces.helpdesk.lastId());
+      }
       showUnread();
       if (id === "tab-articles") preview.load();
       if (id === "tab-employee") $("message").focus();
     });
     $("article").addEventListener("change", (event) => preview.show(event.target.value));
 
+    const send = async (text) => {
+      $("composer-error").textContent = "";
+      try {
+        await api("POST", "/local/messages", { text, email: config.employee.email });
+        return true;
+      } catch (err) {
+        $("composer-error").textContent = `Not sent: ${err.message}`;
+        return false;
+      }
+    };
     $("composer").addEventListener("submit", async (event) => {
       event.preventDefault();
       const input = $("message");
       const text = input.value.trim();
       if (!text) return;
-      $("composer-error").textContent = "";
-      try {
-        await api("POST", "/local/messages", { text, email: config.employee.email });
-        input.value = "";
-      } catch (err) {
-        $("composer-error").textContent = `Not sent: ${err.message}`;
-      }
+      if (await send(text)) input.value = "";
       input.focus();
     });
+    for (const button of document.querySelectorAll("[data-example]")) {
+      button.addEventListener("click", async () => {
+        await send(button.dataset.example);
+        $("message").focus();
+      });
+    }
 
     watchRenderer();
     spaces.employee.poll();
