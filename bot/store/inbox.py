@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bot.store.base import StoreBase
+from bot.store.liveness import Liveness, open_liveness
 from bot.store.records import STATUSES, InboxEvent
 from bot.store.schema import event_effects, inbox, read_record
 
@@ -105,6 +106,32 @@ class InboxStore(StoreBase):
         )
         async with self._begin() as conn:
             return (await conn.execute(renew)).rowcount
+
+    async def lease_holders(self) -> set[str]:
+        """The workers holding a lease that has not run out."""
+        query = (
+            select(inbox.c.leased_by)
+            .where(inbox.c.status == "working", inbox.c.lease_until > self._now())
+            .distinct()
+        )
+        async with self._begin() as conn:
+            return {holder for holder in (await conn.execute(query)).scalars() if holder}
+
+    async def expire_leases_of(self, holders: Collection[str]) -> int:
+        """End the leases of workers known to be dead, so that their events are claimed now; returns how many."""
+        if not holders:
+            return 0
+        expire = (
+            update(inbox)
+            .where(inbox.c.status == "working", inbox.c.leased_by.in_(list(holders)))
+            .values(lease_until=self._now())
+        )
+        async with self._begin() as conn:
+            return (await conn.execute(expire)).rowcount
+
+    def liveness(self, worker_id: str) -> Liveness:
+        """The lock that tells the other workers this one is alive (see bot/store/liveness.py)."""
+        return open_liveness(self._engine, worker_id)
 
     async def record_effect(self, event_id: str, step: str, message_id: str) -> None:
         values = {"event_id": event_id, "step": step, "message_id": message_id, "created_at": self._now()}
