@@ -19,6 +19,7 @@ from bot.cards import (
 from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_reply
 from bot.dispatch import Router
 from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
+from bot.limits import SLOW_DOWN
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
@@ -53,6 +54,13 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
     me = ctx.identity
     if data.person_id == me.id:
         ctx.metrics.events_ignored.labels("self").inc()
+        return
+
+    async def thread() -> tuple[str, str | None]:
+        found = await ctx.webex.get_message(data.id)
+        return found.room_id, reply_parent(found)
+
+    if await over_limit(ctx, event, data.person_id, thread):
         return
     message = await ctx.webex.get_message(data.id)
     if message.person_id == me.id or message.person_email.casefold().endswith("@webex.bot"):
@@ -96,6 +104,30 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         # The reply's first line, without its markdown: the transcript is plain text.
         text=reply.message.markdown.split("\n", 1)[0].replace("**", "")[:MAX_STORED_TEXT],
     )
+
+
+async def over_limit(
+    ctx: BotContext,
+    event: InboxEvent,
+    person_id: str,
+    thread: Callable[[], Awaitable[tuple[str, str | None]]],
+) -> bool:
+    """Over RATE_LIMIT_PER_MINUTE: the first event is told to slow down (in its thread), the rest get nothing.
+    Checked before any other Webex call, so a flood costs one database write per event."""
+    verdict = ctx.limiter.take(person_id)
+    if verdict == "ok":
+        return False
+    ctx.metrics.events_ignored.labels("rate-limited").inc()
+    if verdict == "note":
+        log.warning(
+            "%s is over RATE_LIMIT_PER_MINUTE: told to slow down; their next events are dropped", person_id
+        )
+        try:
+            room_id, parent = await thread()
+        except WebexNotFound:
+            return True
+        await post_reply(ctx, event, room_id, parent, cards.text_message(SLOW_DOWN), kind="slow-down")
+    return True
 
 
 REFUSAL_DOMAIN = "Sorry, I can only help people from this organisation. Please contact your own IT helpdesk."
@@ -254,6 +286,13 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     data = envelope.action_data()
     if data.person_id == ctx.identity.id:
         ctx.metrics.events_ignored.labels("self").inc()
+        return
+
+    async def thread_of_card() -> tuple[str, str | None]:
+        card = await ctx.webex.get_message(data.message_id)
+        return card.room_id, (card.parent_id or card.id) if card.room_type == "group" else None
+
+    if await over_limit(ctx, event, data.person_id, thread_of_card):
         return
     action = await ctx.webex.get_attachment_action(data.id)
     submit = cards.parse_submit(action.inputs)

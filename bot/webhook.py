@@ -89,7 +89,7 @@ async def _receive(request: web.Request) -> web.Response:
         ctx.metrics.events_ignored.labels("bot").inc()
         return _json(200, status="ignored", reason="another bot")
     try:
-        new = await request.app[INBOX].enqueue(data.id, envelope.resource, body)
+        new = await request.app[INBOX].enqueue(data.id, envelope.resource, body, data.person_id)
     except StoreUnavailable as exc:
         # 503 makes Webex redeliver; a 200 here would lose the message.
         log.error("webhook for %s not stored, answering 503: %s", data.id, exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -80,12 +80,16 @@ class SqliteInboxWriter:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on self._thread only
 
-    async def insert(self, rows: Sequence[tuple[str, str, str]], now: datetime) -> set[str]:
+    async def insert(
+        self, rows: Sequence[tuple[str, str, str]], now: datetime, later: Mapping[str, datetime]
+    ) -> set[str]:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-inbox")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows, now)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows, now, later)
 
-    def _insert(self, rows: Sequence[tuple[str, str, str]], now: datetime) -> set[str]:
+    def _insert(
+        self, rows: Sequence[tuple[str, str, str]], now: datetime, later: Mapping[str, datetime]
+    ) -> set[str]:
         conn = self._conn
         if conn is None:
             # isolation_level=None: the explicit BEGIN IMMEDIATE below, not the module's implicit BEGIN.
@@ -98,7 +102,8 @@ class SqliteInboxWriter:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             for event_id, resource, payload in rows:
-                if cursor.execute(self.SQL, (event_id, resource, payload, stamp, stamp)).rowcount == 1:
+                order = self._stamp(later[event_id]) if later and event_id in later else stamp
+                if cursor.execute(self.SQL, (event_id, resource, payload, stamp, order)).rowcount == 1:
                     new.add(event_id)
             cursor.execute("COMMIT")
         except BaseException:
