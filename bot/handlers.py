@@ -25,7 +25,7 @@ from bot.redact import redact
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
 from bot.triage import TriageResult, asked_language, message_language, triage
-from bot.webex import WebexNotFound
+from bot.webex import WebexError, WebexNotFound
 
 __all__ = ["BotContext", "Knowledge", "WebexAPI", "handle_event", "tell_failure"]
 
@@ -179,6 +179,9 @@ async def on_triage(r: Route, message: Message, ctx: BotContext) -> Reply:
 
 @commands.register("escalate")
 async def on_escalate(r: Route, message: Message, ctx: BotContext) -> Reply:
+    existing = await ctx.store.open_ticket_in_thread(message.room_id, _thread(message))
+    if existing is not None:  # a second escalation points to the first
+        return Reply(cards.text_message(tickets.already_open(existing)), "ticket-exists")
     return Reply(cards.escalation_card(_thread(message), None, message.id), "escalation")
 
 
@@ -332,11 +335,28 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
         )
         ctx.metrics.events_ignored.labels("forged-submit").inc()
         return
+    # Direct spaces: the bot's cards are not threaded there, so the thread is the person's message; it must be
+    # one of this room's, or feedback and tickets would land in someone else's conversation.
+    if (
+        card_message.room_type != "group"
+        and claimed_thread not in (None, card_thread)
+        and not await _in_room(ctx, claimed_thread or "", action.room_id)
+    ):
+        log.warning("card submit %s names thread %s, which is not in its room", action.id, claimed_thread)
+        ctx.metrics.events_ignored.labels("forged-submit").inc()
+        return
     parent = card_thread if card_message.room_type == "group" else None
     click = Click(ctx, event, Effects(ctx.store, event.event_id), action, parent)
     handler = submits.get(type(submit))
     assert handler is not None, f"no handler for {type(submit).__name__}"  # a test holds every submit type
     await handler(submit, click)
+
+
+async def _in_room(ctx: BotContext, message_id: str, room_id: str) -> bool:
+    try:
+        return (await ctx.webex.get_message(message_id)).room_id == room_id
+    except WebexNotFound:
+        return False
 
 
 @submits.register(FeedbackData)
@@ -387,10 +407,29 @@ async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
         room_id = envelope.data.get("roomId")
         if not isinstance(room_id, str) or event.reply_message_id:
             return
+        parent: str | None = None
+        if envelope.data.get("roomType") == "group":
+            parent = await _thread_of_event(ctx, event.event_id)
+            if parent is None:
+                # Not top-level in a group space, where it would read as addressed to everyone.
+                log.info("event %s: its message is gone and so is its thread; no apology", event.event_id)
+                return
         msg = cards.text_message(
             "Sorry, I couldn't answer your last message because of a problem on my side. "
             "Please try again later or contact the helpdesk."
         )
-        await ctx.webex.post_message(msg.to_webex(room_id=room_id))
+        await ctx.webex.post_message(msg.to_webex(room_id=room_id, parent_id=parent))
     except Exception:  # best effort: the failure is already logged and stored
         log.exception("could not tell the user about failed event %s", event.event_id)
+
+
+async def _thread_of_event(ctx: BotContext, message_id: str) -> str | None:
+    """The thread of a message that could not be answered: as triage recorded it, else as Webex has it."""
+    record = await ctx.store.get_triage(message_id)
+    if record is not None and record.thread_id and record.thread_id != message_id:
+        return record.thread_id  # a reply in a thread whose first message may still be there
+    try:
+        message = await ctx.webex.get_message(message_id)
+    except WebexError:
+        return None
+    return message.parent_id or message.id

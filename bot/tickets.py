@@ -20,7 +20,7 @@ from bot.context import BotContext, Click, Effects, post_once
 from bot.dispatch import Router
 from bot.models import Message, Person
 from bot.redact import redact
-from bot.store import Ticket, TicketChange
+from bot.store import Ticket, TicketChange, TicketRefused, TriageRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,25 @@ async def offer_escalation(
     click: Click, thread_id: str, article_id: str | None, origin_id: str | None
 ) -> None:
     """Ask for the optional note; nothing is filed until the person presses "Send to the helpdesk"."""
+    existing = await click.ctx.store.open_ticket_in_thread(click.action.room_id, click.parent or thread_id)
+    if existing is not None:
+        await click.reply(cards.text_message(already_open(existing)), kind="ticket-exists")
+        return
     await click.reply(cards.escalation_card(thread_id, article_id, origin_id), kind="escalation")
+
+
+def already_open(ticket: Ticket) -> str:
+    return (
+        f"{ticket.number} is already open for this conversation, and the helpdesk has it: they will answer "
+        f"here. Send “ticket {ticket.number}” to see where it stands."
+    )
+
+
+def too_many(cap: int) -> str:
+    return (
+        f"You have opened {cap} tickets in the last hour, the most I can file. The helpdesk has them; "
+        "send “my tickets” to see them, and please wait for their answer."
+    )
 
 
 @submits.register(FileTicketData)
@@ -57,7 +75,44 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
     article_ids = [a for a in article_ids if a in kb.articles]
     steps = [s.text for s in kb.articles[article_ids[0]].steps] if article_ids else []
     original = record.text if record else next((t["text"] for t in transcript if t["who"] != "bot"), "")
-    ticket, created = await ctx.store.create_ticket(
+    try:
+        ticket, created = await _create(
+            ctx, click, submit, person, record, transcript, article_ids, steps, original
+        )
+    except TicketRefused as refused:
+        log.warning("file_ticket %s by %s refused: %s", action.id, action.person_id, refused)
+        text = already_open(refused.existing) if refused.existing else too_many(refused.cap)
+        await click.reply(cards.text_message(text), kind="ticket-refused")
+        return
+    if created:
+        log.info("ticket %s filed by %s", ticket.number, action.person_id)
+    helpdesk_room = ctx.settings.helpdesk_room_id
+    if helpdesk_room and not ticket.helpdesk_message_id:
+        card = cards.ticket_card(ticket, kb)
+        card_id = await post_once(
+            ctx, click.effects, helpdesk_room, None, card, kind="ticket", step="ticket-card"
+        )
+        await ctx.store.set_helpdesk_message(ticket.number, card_id)
+    elif not helpdesk_room:
+        log.warning("ticket %s filed but HELPDESK_ROOM_ID is not set: nobody is told", ticket.number)
+    await click.reply(
+        cards.ticket_filed_card(ticket, submit.thread_id, bool(helpdesk_room)), kind="ticket-filed"
+    )
+
+
+async def _create(
+    ctx: BotContext,
+    click: Click,
+    submit: FileTicketData,
+    person: Person,
+    record: TriageRecord | None,
+    transcript: list[dict[str, str]],
+    article_ids: list[str],
+    steps: list[str],
+    original: str,
+) -> tuple[Ticket, bool]:
+    action, parent_id = click.action, click.parent
+    return await ctx.store.create_ticket(
         # The submit's id: a redelivered or retried click files one ticket, not two.
         dedupe_key=action.id,
         requester_id=action.person_id,
@@ -74,20 +129,9 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
         transcript=transcript,
         # The card's thread in a group space, None in a direct one: notices later go there without asking.
         reply_parent=parent_id,
-    )
-    if created:
-        log.info("ticket %s filed by %s", ticket.number, action.person_id)
-    helpdesk_room = ctx.settings.helpdesk_room_id
-    if helpdesk_room and not ticket.helpdesk_message_id:
-        card = cards.ticket_card(ticket, kb)
-        card_id = await post_once(
-            ctx, click.effects, helpdesk_room, None, card, kind="ticket", step="ticket-card"
-        )
-        await ctx.store.set_helpdesk_message(ticket.number, card_id)
-    elif not helpdesk_room:
-        log.warning("ticket %s filed but HELPDESK_ROOM_ID is not set: nobody is told", ticket.number)
-    await click.reply(
-        cards.ticket_filed_card(ticket, submit.thread_id, bool(helpdesk_room)), kind="ticket-filed"
+        # Forged or repeated submits: one open ticket per thread, and a cap per person.
+        one_per_thread=True,
+        hourly_cap=ctx.settings.tickets_per_hour,
     )
 
 
@@ -129,8 +173,9 @@ async def _helpdesk_member(click: Click, verb: str, number: str) -> Person | Non
     if room and action.room_id == room and await ctx.members.is_member(ctx.webex, room, action.person_id):
         return await ctx.webex.get_person(action.person_id)
     log.warning("ticket action %s on %s by non-member %s refused", verb, number, action.person_id)
+    # In the card's thread (click.parent), not under the card: a card that is itself a reply takes none.
     refusal = cards.refusal("Sorry, only members of the helpdesk space can work on tickets.")
-    await click.reply(refusal, kind="refusal", parent=action.message_id)
+    await click.reply(refusal, kind="refusal")
     return None
 
 
@@ -143,9 +188,8 @@ async def _helpdesk_change(
 ) -> Ticket | None:
     """Apply one helpdesk transition; say so under the card when there is no such ticket or nothing changed."""
     result = await _transition(click.ctx, click.effects, number, change)
-    under_card = click.action.message_id
     if result is None:
-        await click.reply(cards.refusal(f"I can't find {number}."), kind="refusal", parent=under_card)
+        await click.reply(cards.refusal(f"I can't find {number}."), kind="refusal")
         return None
     ticket = result.ticket
     if result.ok:
@@ -155,7 +199,7 @@ async def _helpdesk_change(
     else:
         who = f" by {cards.escape_user_text(ticket.assignee_name or '', 60)}" if ticket.assignee_name else ""
         text = f"{ticket.number} is already {ticket.status}{who}. Nothing changed."
-    await click.reply(cards.text_message(text), kind="ticket-noop", parent=under_card)
+    await click.reply(cards.text_message(text), kind="ticket-noop")
     return None
 
 
@@ -175,7 +219,7 @@ async def on_claim(submit: ClaimData, click: Click) -> None:
     if ticket is None:
         return
     claimed = cards.text_message(f"{cards.escape_user_text(name, 60)} claimed {ticket.number}.")
-    await click.reply(claimed, kind="ticket-claimed", parent=click.action.message_id)
+    await click.reply(claimed, kind="ticket-claimed")
     first = person.first_name or name.split(" ")[0]
     notice = f"{cards.escape_user_text(first, 40)} from the helpdesk is on it ({ticket.number})."
     await _tell_requester(click, ticket, cards.text_message(notice), kind="requester-claimed")
@@ -198,7 +242,7 @@ async def on_resolve(submit: ResolveData, click: Click) -> None:
     if ticket is None:
         return
     resolved = cards.text_message(f"{cards.escape_user_text(name, 60)} resolved {ticket.number}.")
-    await click.reply(resolved, kind="ticket-resolved", parent=click.action.message_id)
+    await click.reply(resolved, kind="ticket-resolved")
     card = cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-resolved")
 
@@ -220,8 +264,9 @@ async def on_ask_info(submit: AskInfoData, click: Click) -> None:
     if ticket is None:
         return
     sent = cards.text_message(f"Question sent to {cards.escape_user_text(ticket.requester_name, 60)}.")
-    await click.reply(sent, kind="ticket-question", parent=click.action.message_id)
-    card = cards.info_request_card(ticket, name, submit.question, ticket.thread_id or ticket.room_id)
+    await click.reply(sent, kind="ticket-question")
+    # The question as stored: redacted before it reaches the requester too.
+    card = cards.info_request_card(ticket, name, question, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-question")
 
 
@@ -308,7 +353,17 @@ async def on_answer_info(submit: AnswerInfoData, click: Click) -> None:
         return
     answer = redact(submit.answer.strip())
     if TRANSITION not in await click.effects.known():
-        await click.ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
+        answered = await click.ctx.store.answer_info(
+            submit.number, requester_id=click.action.person_id, who=ticket.requester_name, answer=answer
+        )
+        if answered is None:
+            # Only a question the helpdesk asked, and only once: no unsolicited posts in their space.
+            log.warning("answer_info %s on %s refused: no open question", click.action.id, ticket.number)
+            text = (
+                f"There is no open question from the helpdesk on {ticket.number}, so I kept this to myself."
+            )
+            await click.reply(cards.text_message(text), kind="ticket-no-question")
+            return
         await click.effects.record(TRANSITION, ticket.number)
     await _tell_helpdesk(
         click,

@@ -165,7 +165,14 @@ def serve_env(**values: str) -> dict[str, str]:
         "LOG_",
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    return {**base, "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR), "HOST": "127.0.0.1", **values}
+    # Tests send one person's events in bursts; tests/test_floods.py holds the default rate limit.
+    return {
+        **base,
+        "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR),
+        "HOST": "127.0.0.1",
+        "RATE_LIMIT_PER_MINUTE": "10000",
+        **values,
+    }
 
 
 class ServeProcess:

@@ -9,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bot.config import Settings
 from bot.keys import CONTEXT, WORKER
 from bot.limits import SLOW_DOWN, RateLimiter
 from bot.store import Store
 from tests.fakewebex import FakeWebex
 from tests.harness import FAST_WORKER, Bot, db_url, make_settings
 from tests.procs import bot_messages, until
+
+DEFAULT_LIMIT = Settings.model_fields["rate_limit_per_minute"].default
 
 
 async def flood(
@@ -51,7 +54,8 @@ async def test_a_flood_of_2000_does_not_delay_another_person_and_is_told_to_slow
     mallory = fake_webex.add_person("mallory@example.com", "Mallory")
     alice = fake_webex.add_person("alice@example.com", "Alice Doe")
     flooded, quiet = fake_webex.add_room("group", "Flood")["id"], fake_webex.add_room("group", "Quiet")["id"]
-    async with Bot(fake_webex, make_settings(fake_webex, db_url(tmp_path))) as bot:
+    settings = make_settings(fake_webex, db_url(tmp_path), rate_limit_per_minute=DEFAULT_LIMIT)
+    async with Bot(fake_webex, settings) as bot:
         sent: list[int] = []
         sender = asyncio.create_task(flood(bot, fake_webex, flooded, mallory, 2000, sent))
         await until(lambda: sum(sent) >= 500, 60, "the flood to be under way")

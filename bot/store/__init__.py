@@ -8,6 +8,7 @@ from bot.store.records import (
     Stats,
     Ticket,
     TicketChange,
+    TicketRefused,
     TriageRecord,
     ticket_payload,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "StoreUnavailable",
     "Ticket",
     "TicketChange",
+    "TicketRefused",
     "TriageRecord",
     "async_url",
     "ticket_payload",
