@@ -141,14 +141,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "- the same pipeline runs against an in-memory Webex.",
             flush=True,
         )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=15.0,
-        print=lambda line: log.info(line.strip()),
-    )
+    from bot.store import DatabaseLost
+
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=15.0,
+            print=lambda line: log.info(line.strip()),
+        )
+    except DatabaseLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -33,6 +33,7 @@ from bot.worker import Worker, WorkerOptions
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+DATABASE_CHECK_SECONDS = 10.0
 WEBHOOK_CHECK_SECONDS = 300.0
 
 
@@ -61,7 +62,8 @@ def create_app(
 def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: OutboxOptions) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
-        store = await Store.open(settings.database_url)
+        # In local mode a deleted playground database is simply made again; in Webex mode that is an error.
+        store = await Store.open(settings.database_url, refuse_lost_file=not settings.local_mode)
         metrics = Metrics()
         session = aiohttp.ClientSession()
         webex: Any
@@ -109,7 +111,10 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 outbox_options,
             )
             outbox.start()
-        background = [asyncio.create_task(_learn_identity(ctx, worker), name="identity")]
+        background = [
+            asyncio.create_task(_learn_identity(ctx, worker), name="identity"),
+            asyncio.create_task(_watch_database(store, DATABASE_CHECK_SECONDS), name="database-watch"),
+        ]
         if settings.retention_days > 0:
             background.append(
                 asyncio.create_task(
@@ -172,6 +177,24 @@ async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
         return
 
 
+async def _watch_database(store: Store, interval: float) -> None:
+    """A database that cannot be written stops the bot taking work (webhooks answer 503, so Webex keeps the
+    events), loudly, until it can again."""
+    while True:
+        was = store.broken
+        try:
+            await store.check_health()
+        except StoreUnavailable as exc:
+            if was is None:
+                log.critical("the database cannot take work; refusing webhooks (503) until it can: %s", exc)
+        except Exception:
+            log.exception("database health check failed unexpectedly")
+        else:
+            if was is not None:
+                log.warning("the database takes work again; accepting webhooks")
+        await asyncio.sleep(interval)
+
+
 async def _purge_periodically(store: Store, keep: timedelta, interval: float) -> None:
     """Retention: without it the database grows by every event for ever (about 3 KB each on SQLite)."""
     while True:
@@ -210,6 +233,7 @@ async def readyz(request: web.Request) -> web.Response:
     counts: dict[str, int] | None
     try:
         counts = await ctx.store.inbox_counts()
+        await ctx.store.check_health()  # a write, not only a read: a read-only or full disk is not ready
     except StoreUnavailable:
         counts = None
     checks = {
@@ -218,6 +242,8 @@ async def readyz(request: web.Request) -> web.Response:
         "database": counts is not None,
     }
     body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+    if ctx.store.broken:
+        body["problem"] = ctx.store.broken
     if counts is not None:
         body["inbox"] = counts
     if ctx.me is not None:

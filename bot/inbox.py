@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 
-from bot.store import Store
+from bot.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 500  # rows per INSERT; both SQLite and PostgreSQL take this many parameters comfortably
 # The worker takes events in order of a fair time: a person's events are at least this far apart in it, so
@@ -57,10 +60,23 @@ class InboxWriter:
             later = {e: self._later.pop(e) for e, *_ in batch if e in self._later} if self._later else {}
             try:
                 new = await self.store.enqueue_events([(e, r, p) for e, r, p, _ in batch], fair_at=later)
-            except Exception as exc:  # every waiter learns the outcome; none is left hanging
+            except StoreUnavailable as exc:  # every waiter learns the outcome; none is left hanging
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                continue
+            except Exception as exc:
+                if len(batch) == 1:
+                    if not batch[0][3].done():
+                        batch[0][3].set_exception(exc)
+                    continue
+                # A row the database refuses must fail alone, not the deliveries that shared its batch.
+                log.warning(
+                    "inbox batch of %d refused (%s); storing its rows one by one",
+                    len(batch),
+                    type(exc).__name__,
+                )
+                await self._one_by_one(batch, later)
                 continue
             answered: set[str] = set()
             for event_id, _, _, future in batch:
@@ -68,6 +84,20 @@ class InboxWriter:
                 if not future.done():
                     future.set_result(event_id in new and event_id not in answered)
                 answered.add(event_id)
+
+    async def _one_by_one(
+        self, batch: list[tuple[str, str, str, asyncio.Future[bool]]], later: dict[str, datetime]
+    ) -> None:
+        for event_id, resource, payload, future in batch:
+            fair = {event_id: later[event_id]} if event_id in later else {}
+            try:
+                new = await self.store.enqueue_events([(event_id, resource, payload)], fair_at=fair)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(event_id in new)
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import math
+import re
 import time
 
 from aiohttp import web
@@ -69,6 +72,8 @@ async def _receive(request: web.Request) -> web.Response:
         # and thousands of nested brackets, so the text can be stored as it came.
         envelope = WebhookEnvelope.model_validate_json(raw)
         body = raw.decode()
+        if _MAYBE_NOT_FINITE.search(raw):
+            _reject_non_finite(body)
     except (ValueError, ValidationError) as exc:
         log.warning("webhook refused: not a webhook envelope (%s)", _short(exc))
         return _json(400, error="not a Webex webhook envelope")
@@ -88,6 +93,9 @@ async def _receive(request: web.Request) -> web.Response:
     if email.casefold().endswith("@webex.bot"):
         ctx.metrics.events_ignored.labels("bot").inc()
         return _json(200, status="ignored", reason="another bot")
+    if ctx.store.broken is not None:
+        # Accepting work the database cannot keep would lose it; Webex redelivers after a 503.
+        return _json(503, error="storage cannot be written, retry later")
     try:
         new = await request.app[INBOX].enqueue(data.id, envelope.resource, body, data.person_id)
     except StoreUnavailable as exc:
@@ -100,6 +108,24 @@ async def _receive(request: web.Request) -> web.Response:
     ctx.metrics.count("received", envelope.resource)
     request.app[WORKER].notify()
     return web.Response(body=_QUEUED, content_type="application/json")
+
+
+# NaN, Infinity and numbers too big for a float: pydantic takes them, PostgreSQL's json refuses them (and with
+# them the whole insert). The quick look runs on every body; the exact one only when it finds something.
+_MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|[0-9][eE][+-]?[0-9]{3}")
+
+
+def _reject_non_finite(body: str) -> None:
+    def constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:20]} is out of range")
+        return value
+
+    json.loads(body, parse_constant=constant, parse_float=number)
 
 
 def _short(exc: Exception) -> str:

@@ -154,7 +154,7 @@ class Worker:
                 await self._reap()
             free = self.concurrency - len(self._tasks)
             events: list[InboxEvent] = []
-            if free > 0:
+            if free > 0 and self.store.broken is None:  # a database that cannot keep results: wait
                 try:
                     events = await self.store.claim_events(
                         self.worker_id, limit=free, lease_seconds=self.lease_seconds

@@ -12,10 +12,11 @@ from bot.store.records import (
     TriageRecord,
     ticket_payload,
 )
-from bot.store.store import Store, async_url
+from bot.store.store import DatabaseLost, Store, async_url
 
 __all__ = [
     "TICKET_STATUSES",
+    "DatabaseLost",
     "InboxEvent",
     "OutboxItem",
     "Stats",

@@ -48,7 +48,7 @@ class FileLiveness:
     database. The kernel lets go of it when the process dies, kill -9 included, and never while it lives."""
 
     def __init__(self, database_path: str, worker_id: str) -> None:
-        self._dir = Path(database_path).with_name(Path(database_path).name + ".workers")
+        self._dir = Path(database_path).with_name(Path(database_path).name + ".bot")
         self._worker_id = worker_id
         self._file: IO[bytes] | None = None
 
@@ -63,7 +63,7 @@ class FileLiveness:
         if self._file is not None:
             return True
         try:
-            self._dir.mkdir(exist_ok=True)
+            self._dir.mkdir(exist_ok=True)  # shared with the store's "created" marker
             file = self._path(self._worker_id).open("ab")
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

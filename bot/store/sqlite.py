@@ -56,6 +56,23 @@ async def enable_wal(engine: AsyncEngine) -> None:
         return
 
 
+async def write_and_checkpoint(engine: AsyncEngine) -> tuple[int, int, int]:
+    """A committed one-page write (the header's user_version, which nothing else uses), then PRAGMA
+    wal_checkpoint(PASSIVE): (busy, frames in the WAL, frames copied back). On the engine's connection, opened
+    read-write at start: one opened later on a file that turned read-only or immutable is silently read-only.
+    A full disk fails the write; an immutable file takes it into the WAL but fails the copy back (disk I/O
+    error), where the WAL would otherwise grow for ever."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        version = await (await driver.execute("PRAGMA user_version")).fetchone()
+        assert version is not None
+        await driver.execute(f"PRAGMA user_version = {(int(version[0]) + 1) % 2**31}")
+        row = await (await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 class SqliteInboxWriter:
     """The inbox insert on SQLite, through the stdlib driver on a thread of its own.
 
