@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from bot.config import Settings, describe_settings_error
 from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
+from bot.logs import configure_logging
 from bot.triage import LANGS, TriageResult, message_language, triage
 
 if TYPE_CHECKING:  # the commands import the store lazily: `ask` starts without SQLAlchemy
@@ -143,6 +144,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     from bot.store import DatabaseLost
 
+    _raise_file_limit(log)
     try:
         web.run_app(
             create_app(settings),
@@ -150,12 +152,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=settings.port,
             access_log=None,
             shutdown_timeout=15.0,
+            # Also how long a new connection may take to send its first request's headers: aiohttp closes
+            # one still without a whole request then, so half-sent requests cannot pile up.
+            keepalive_timeout=HEADER_TIMEOUT_SECONDS,
             print=lambda line: log.info(line.strip()),
         )
     except DatabaseLost as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
+
+
+HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def _raise_file_limit(log: logging.Logger) -> None:
+    """The common soft limit of 1,024 descriptors is a few hundred slow clients; the hard limit is what the
+    machine allows this process, so take it all."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+            return
+        log.info("open-file limit raised from %d to %s", soft, "unlimited" if hard < 0 else hard)
 
 
 def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
@@ -318,9 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"configuration error: {describe_settings_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     try:
         code: int = args.func(args, settings)
     except KnowledgeError as exc:

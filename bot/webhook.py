@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -10,7 +11,8 @@ import math
 import re
 import time
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from bot.keys import CONTEXT, INBOX, WORKER
@@ -20,6 +22,7 @@ from bot.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+BODY_TIMEOUT_SECONDS = 10.0  # a slow body holds a connection and a task; Webex sends a webhook in one go
 HANDLED = {("messages", "created"), ("attachmentActions", "created")}
 
 
@@ -58,9 +61,19 @@ async def _receive(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+    except TimeoutError:
+        log.info(
+            "webhook from %s dropped: its body took longer than %.0fs", request.remote, BODY_TIMEOUT_SECONDS
+        )
+        return _json(408, error="request body too slow")
+    except (ConnectionError, ClientPayloadError, HttpProcessingError) as exc:
+        # The client hung up mid-body: nothing to answer, nothing to store; one line, no traceback.
+        log.info("webhook from %s dropped: %s", request.remote, type(exc).__name__)
+        return _json(400, error="incomplete request body")
     secret = ctx.settings.webex_webhook_secret
     if secret is not None and not signature_valid(
         raw, secret.get_secret_value(), request.headers.get("X-Spark-Signature")

@@ -121,7 +121,7 @@ class Store(InboxStore, ConversationStore, TicketStore):
             self._file_id = _file_id(path)
             if not marker.exists():
                 marker.parent.mkdir(exist_ok=True)
-                marker.write_text(f"created {self._now():%Y-%m-%d %H:%M} UTC\n")
+                marker.write_text(f"created {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
 
     async def check_health(self) -> None:
         """Can the database take work? Raises StoreUnavailable, and sets `broken`, when it cannot.
