@@ -208,6 +208,7 @@ class Bot:
             "WEBEX_ACCESS_TOKEN": fake.token,
             "WEBEX_API_URL": fake.api_url,
             "WEBEX_WEBHOOK_SECRET": SECRET,
+            "WEBEX_INBOUND": "webhook",
             "DATABASE_URL": f"sqlite:///{self.db_path}",
             "HOST": LOOPBACK,
             "PORT": str(self.port),
@@ -320,7 +321,7 @@ def fmt(value: Any, digits: int = 1) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda items: "  ".join(  # noqa: E731
+    line = lambda items: "  ".join(  # noqa: E731 - a one-line formatter beside its one use
         s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths, strict=True))
     )
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])

@@ -29,6 +29,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# E402 below: these imports need the repository put on sys.path first, above.
 from tests.fakewebex import FakeWebex, webex_id  # noqa: E402
 
 

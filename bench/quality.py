@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+# E402 below: these imports need the repository put on sys.path first, above.
 from triage import knowledge_at, module_at  # noqa: E402
 
 from bot.knowledge import load_knowledge  # noqa: E402

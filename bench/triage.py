@@ -25,12 +25,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.knowledge import KNOWLEDGE_FILES, Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
-from bot.triage import TriageIndex, triage  # noqa: E402
+# E402 below: these imports need the repository put on sys.path first, above.
+from bot.knowledge import Article, KnowledgeBase, Step, load_knowledge  # noqa: E402
+from bot.triage import TriageIndex, message_language, triage  # noqa: E402
 
 SETS = ("triage_public.jsonl", "triage_holdout.jsonl")
 
@@ -82,7 +84,8 @@ def synthetic(base: KnowledgeBase, size: int, seed: int = 7) -> KnowledgeBase:
             aliases=tuple(phrase() for _ in range(2)),
             phrases=tuple(phrase() for _ in range(4)),
         )
-    return KnowledgeBase(articles=articles, links=base.links, out_of_scope=base.out_of_scope)
+    # Everything else (links, scope, word lists, translations' languages) as the real knowledge has it.
+    return base.model_copy(update={"articles": articles})
 
 
 def one_pass_us(index: TriageIndex, texts: list[str], run: Callable[..., object] = triage) -> float:
@@ -100,11 +103,17 @@ def per_message_us(index: TriageIndex, texts: list[str], repeat: int) -> tuple[f
     return first, statistics.median(runs), min(runs)
 
 
+def _package(revision: str) -> str:
+    return "bot_" + "".join(c if c.isalnum() else "_" for c in revision)
+
+
 def module_at(revision: str) -> ModuleType:
     """The triage of a git revision (bot/triage.py or the bot/triage/ package), imported beside the current one.
 
     The revision's whole bot/ is unpacked as a package of its own name, its imports of `bot` pointed at it."""
-    name = "bot_" + "".join(c if c.isalnum() else "_" for c in revision)
+    name = _package(revision)
+    if name in sys.modules:
+        return importlib.import_module(f"{name}.triage")
     folder = Path(tempfile.mkdtemp(prefix="triage-ab-"))
     archive = subprocess.run(["git", "archive", revision, "bot"], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
@@ -116,16 +125,16 @@ def module_at(revision: str) -> ModuleType:
     return importlib.import_module(f"{name}.triage")
 
 
-def knowledge_at(revision: str) -> KnowledgeBase:
-    """knowledge/ as it was at a git revision."""
+def knowledge_at(revision: str) -> Any:
+    """knowledge/ as it was at a git revision, read by that revision's own loader (its files and its rules)."""
     folder = Path(tempfile.mkdtemp(prefix="knowledge-ab-"))
-    for name in KNOWLEDGE_FILES:
-        shown = subprocess.run(
-            ["git", "show", f"{revision}:knowledge/{name}"], cwd=ROOT, capture_output=True, text=True
-        )
-        if shown.returncode == 0:
-            (folder / name).write_text(shown.stdout)
-    return load_knowledge(folder)
+    archive = subprocess.run(
+        ["git", "archive", revision, "knowledge"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    module_at(revision)  # puts the revision's bot/ on the path
+    loader = importlib.import_module(f"{_package(revision)}.knowledge")
+    return loader.load_knowledge(folder / "knowledge")
 
 
 def compare(
@@ -205,6 +214,15 @@ def main() -> None:
     # The issue's bar is stated on the public set alone: measure it on its own too, on the same warm index.
     public = messages(SETS[:1])
     public_runs = [one_pass_us(index, public) for _ in range(args.repeat)]
+    # Long reports: the long-report set's messages, each made up to 2,000 characters with the next ones.
+    pool = messages(("triage_long_dev.jsonl",))
+    reports = [(" ".join(pool[i:] + pool[:i]))[:2000] for i in range(len(pool))] if pool else []
+    report_runs = [one_pass_us(index, reports) for _ in range(max(1, args.repeat // 2))] if reports else [0.0]
+    # Language detection, as the bot runs it before triage, on the five languages' messages.
+    foreign = messages(tuple(f"triage_{lang}_dev.jsonl" for lang in ("de", "fr", "es", "pt", "it")))
+    detect_runs = (
+        [one_pass_us(index, foreign, message_language) for _ in range(args.repeat)] if foreign else [0.0]
+    )
     rows.append(
         {
             "catalogue": len(base.articles),
@@ -234,6 +252,14 @@ def main() -> None:
         f"public set alone ({len(public)} messages), real catalogue: median {statistics.median(public_runs):.1f} "
         f"us/msg, best {min(public_runs):.1f}"
     )
+    print(
+        f"2,000-character reports ({len(reports)}): median {statistics.median(report_runs):.1f} us/msg, "
+        f"best {min(report_runs):.1f}"
+    )
+    print(
+        f"language detection ({len(foreign)} de/fr/es/pt/it messages): median "
+        f"{statistics.median(detect_runs):.1f} us/msg, best {min(detect_runs):.1f}"
+    )
     print("first pass: a fresh index, nothing remembered yet; median/best: the passes after it")
     print(
         f"{'articles':>9} {'index build ms':>15} {'first pass us':>14} {'median us/msg':>14} {'best us/msg':>12}"
@@ -244,6 +270,8 @@ def main() -> None:
         )
     if args.json:
         rows[0]["public_set_median_us"] = round(statistics.median(public_runs), 1)
+        rows[0]["report_2000_median_us"] = round(statistics.median(report_runs), 1)
+        rows[0]["language_detection_median_us"] = round(statistics.median(detect_runs), 1)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.plot:
         plot(rows, len(texts), args.plot)

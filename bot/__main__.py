@@ -1,4 +1,4 @@
-"""Command line: serve, ask, knowledge check, webhooks, whoami."""
+"""Command line: serve, ask, knowledge check, webhooks, devices, whoami."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     log = logging.getLogger("bot")
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
-    if not settings.local_mode and settings.webex_webhook_secret is None:
+    if settings.inbound == "webhook" and settings.webex_webhook_secret is None:
         if not args.insecure_no_signature:
             print(
                 "configuration error: WEBEX_WEBHOOK_SECRET is required with WEBEX_ACCESS_TOKEN "
@@ -193,6 +193,34 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
             deleted = registration.delete_webhooks(settings)
             print(f"deleted {len(deleted)} webhook(s) of ours" + "".join(f"\n  {i}" for i in deleted))
     except registration.RegistrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import devices
+
+    token = settings.webex_access_token
+    if token is None or not token.get_secret_value():
+        print("error: WEBEX_ACCESS_TOKEN is not set", file=sys.stderr)
+        return EXIT_USAGE
+    u2c = str(settings.webex_u2c_url)
+    try:
+        if args.devices_command == "list":
+            print(devices.format_devices(devices.list_devices(u2c, token.get_secret_value())))
+        else:
+            deleted = devices.delete_devices(
+                u2c,
+                token.get_secret_value(),
+                stale_only=args.stale,
+                keep_name=settings.webex_device_name or "",
+            )
+            print(
+                f"deleted {len(deleted)} device(s) of ours"
+                + "".join(f"\n  {d.name} {d.url}" for d in deleted)
+            )
+    except devices.DeviceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
@@ -307,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     hsub.add_parser("list", help="list all webhooks of this token, marking ours")
     hsub.add_parser("delete", help="delete ours (never anyone else's)")
     hooks.set_defaults(func=cmd_webhooks)
+    devs = sub.add_parser("devices", help="the bot's websocket devices at Webex (needs WEBEX_ACCESS_TOKEN)")
+    dsub = devs.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    dsub.add_parser("list", help="list all devices of this token, marking ours")
+    delete = dsub.add_parser("delete", help="delete ours (never another program's)")
+    delete.add_argument("--stale", action="store_true", help="only ours that no running bot refreshes")
+    devs.set_defaults(func=cmd_devices)
     stats = sub.add_parser(
         "stats", help="what the bot did: answers, feedback, deflection, tickets (DATABASE_URL)"
     )

@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.context import BotContext, Knowledge
 from bot.handlers import handle_event, tell_failure
 from bot.inbox import InboxWriter
-from bot.keys import CONTEXT, INBOX, LOCAL, WORKER
+from bot.keys import CONTEXT, INBOX, LOCAL, WEBSOCKET, WORKER
 from bot.knowledge import load_knowledge
 from bot.local.routes import add_local_routes
 from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
@@ -28,6 +28,7 @@ from bot.registration import watch_webhooks
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
+from bot.websocket import SocketOptions, WebsocketInbound
 from bot.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def create_app(
     *,
     worker: WorkerOptions = WorkerOptions(),
     outbox: OutboxOptions = OutboxOptions(),
+    websocket: SocketOptions = SocketOptions(),
 ) -> web.Application:
     """Build the bot. Nothing touches the network or the disk until the app starts (cleanup_ctx)."""
     if settings.local_mode and not settings.helpdesk_room_id:
@@ -49,8 +51,10 @@ def create_app(
         settings = settings.model_copy(update={"helpdesk_room_id": LOCAL_HELPDESK_ROOM})
     # client_max_size makes aiohttp answer 413 itself for bodies over the limit.
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.cleanup_ctx.append(_context(settings, worker, outbox))
-    app.router.add_post("/webhooks/webex", receive_webhook)
+    app.cleanup_ctx.append(_context(settings, worker, outbox, websocket))
+    if settings.inbound != "websocket":
+        # Without a public URL nobody should post here, and without a secret nothing would check who did.
+        app.router.add_post("/webhooks/webex", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -59,13 +63,19 @@ def create_app(
     return app
 
 
-def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: OutboxOptions) -> Any:
+def _context(
+    settings: Settings,
+    worker_options: WorkerOptions,
+    outbox_options: OutboxOptions,
+    websocket_options: SocketOptions,
+) -> Any:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         kb = load_knowledge(settings.knowledge_dir, settings.link_overrides)
         # In local mode a deleted playground database is simply made again; in Webex mode that is an error.
         store = await Store.open(settings.database_url, refuse_lost_file=not settings.local_mode)
         metrics = Metrics()
-        session = aiohttp.ClientSession()
+        # trust_env: HTTPS_PROXY, HTTP_PROXY and NO_PROXY apply to every outbound call (README).
+        session = aiohttp.ClientSession(trust_env=True)
         webex: Any
         if settings.local_mode:
             local = LocalWebex()
@@ -100,6 +110,13 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
         app[CONTEXT], app[WORKER] = ctx, worker
         app[INBOX] = InboxWriter(store)
         worker.start()
+        inbound: WebsocketInbound | None = None
+        if settings.inbound == "websocket":
+            inbound = WebsocketInbound(
+                session=session, ctx=ctx, inbox=app[INBOX], worker=worker, options=websocket_options
+            )
+            app[WEBSOCKET] = inbound
+            inbound.start()
         outbox: OutboxDeliverer | None = None
         if settings.ticket_webhook_url is not None:
             secret = settings.ticket_webhook_secret
@@ -125,7 +142,11 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
                 )
             )
         stop_watching = asyncio.Event()
-        if isinstance(webex, WebexClient) and settings.public_url is not None:
+        if (
+            isinstance(webex, WebexClient)
+            and settings.public_url is not None
+            and settings.inbound == "webhook"
+        ):
             # Webex disables a webhook after repeated failures and never re-enables it by itself.
             background.append(
                 asyncio.create_task(
@@ -138,7 +159,7 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
             store.dialect,
             "LOCAL mode (no WEBEX_ACCESS_TOKEN)"
             if settings.local_mode
-            else f"Webex API {settings.webex_api_url}",
+            else f"Webex API {settings.webex_api_url}, inbound {settings.inbound}",
         )
         try:
             yield
@@ -147,6 +168,8 @@ def _context(settings: Settings, worker_options: WorkerOptions, outbox_options: 
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if inbound is not None:
+                await inbound.stop()
             await app[INBOX].close()
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
             if outbox is not None:
@@ -241,6 +264,8 @@ async def readyz(request: web.Request) -> web.Response:
         "webex_identity": ctx.me is not None,
         "database": counts is not None,
     }
+    if WEBSOCKET in request.app:
+        checks["websocket"] = request.app[WEBSOCKET].connected
     body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
     if ctx.store.broken:
         body["problem"] = ctx.store.broken

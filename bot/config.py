@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     helpdesk_room_id: str | None = None
     # The language answers are in when a message does not say (too short to tell, and none before it).
     default_language: Literal["en", "de", "fr", "es", "pt", "it"] = "en"
+    # The language of the helpdesk space: its ticket cards and notices, whatever the requester writes in.
+    helpdesk_language: Literal["en", "de", "fr", "es", "pt", "it"] = "en"
     database_url: str = "sqlite:///./helpdesk-bot.db"
     admin_emails: Annotated[tuple[str, ...], NoDecode] = ()
     allowed_email_domains: Annotated[tuple[str, ...], NoDecode] = ()
@@ -63,6 +65,15 @@ class Settings(BaseSettings):
     renderer_cache_dir: Path | None = None
     xdg_cache_home: Path | None = None
 
+    # How events reach the bot: webhooks need PUBLIC_URL; the websocket needs no public address ("auto" picks).
+    webex_inbound: Literal["webhook", "websocket", "auto"] = "auto"
+    # Where websocket discovery starts (GET {url}/catalog?format=hostmap names the device service).
+    webex_u2c_url: AnyHttpUrl = AnyHttpUrl("https://u2c.wbx2.com/u2c/api/v1")
+    # The websocket device of this process, reused by name across restarts; one per replica.
+    webex_device_name: str | None = Field(default=None, min_length=1, max_length=100)
+    # After a gap in the websocket, messages up to this old are fetched and answered (0: none).
+    webex_catch_up_hours: float = Field(default=24.0, ge=0.0, le=336.0)
+
     # Optional outbound ITSM webhook for ticket events.
     ticket_webhook_url: AnyHttpUrl | None = None
     ticket_webhook_secret: SecretStr | None = None
@@ -88,6 +99,16 @@ class Settings(BaseSettings):
     def local_mode(self) -> bool:
         """Without a bot token the bot runs against the local playground instead of Webex."""
         return self.webex_access_token is None or not self.webex_access_token.get_secret_value()
+
+    @property
+    def inbound(self) -> Literal["local", "webhook", "websocket"]:
+        """The inbound path in effect: local mode without a token, else WEBEX_INBOUND, where auto means
+        webhooks when PUBLIC_URL is set and the websocket when it is not."""
+        if self.local_mode:
+            return "local"
+        if self.webex_inbound == "auto":
+            return "webhook" if self.public_url is not None else "websocket"
+        return self.webex_inbound
 
     @property
     def link_overrides(self) -> dict[str, str]:

@@ -18,6 +18,7 @@ from bot.cards import (
 )
 from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_reply
 from bot.dispatch import Router
+from bot.i18n import N_, _, current_language, using_language
 from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.limits import SLOW_DOWN
 from bot.models import Message, WebhookEnvelope
@@ -67,11 +68,16 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         ctx.metrics.events_ignored.labels("bot").inc()
         return
     parent = reply_parent(message)
+    text = strip_mention(message, me)
     if not ctx.settings.is_allowed(message.person_email):
         log.info("message %s from a domain outside ALLOWED_EMAIL_DOMAINS refused", message.id)
-        await post_reply(ctx, event, message.room_id, parent, cards.refusal(REFUSAL_DOMAIN), kind="refusal")
+        lang = message_language(text, ctx.knowledge.index) or ctx.language_of(
+            message.room_id, message.person_id
+        )
+        with using_language(lang):
+            refusal = cards.refusal(_(REFUSAL_DOMAIN))
+        await post_reply(ctx, event, message.room_id, parent, refusal, kind="refusal")
         return
-    text = strip_mention(message, me)
     # The conversation log feeds ticket transcripts; redacted before it is stored.
     await ctx.store.log_message(
         room_id=message.room_id,
@@ -126,11 +132,13 @@ async def over_limit(
             room_id, parent = await thread()
         except WebexNotFound:
             return True
-        await post_reply(ctx, event, room_id, parent, cards.text_message(SLOW_DOWN), kind="slow-down")
+        await post_reply(ctx, event, room_id, parent, cards.text_message(_(SLOW_DOWN)), kind="slow-down")
     return True
 
 
-REFUSAL_DOMAIN = "Sorry, I can only help people from this organisation. Please contact your own IT helpdesk."
+REFUSAL_DOMAIN = N_(
+    "Sorry, I can only help people from this organisation. Please contact your own IT helpdesk."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +161,16 @@ async def answer(text: str, message: Message, ctx: BotContext) -> Reply:
         ctx.remember_language(message.room_id, message.person_id, asked)
         admin = ctx.settings.is_admin(message.person_email)
         kb = ctx.knowledge.kb_for(asked)
-        return Reply(
-            cards.help_card(kb, admin, thread_id=_thread(message), admin_commands=ADMIN_COMMANDS), "help"
-        )
+        with using_language(asked):
+            card = cards.help_card(kb, admin, thread_id=_thread(message), admin_commands=_admin_commands())
+        return Reply(card, "help")
     r = route(text)
     handler = commands.get(r.kind)
     assert handler is not None, f"no handler for {r.kind!r}"  # test_every_route_kind_has_a_handler holds this
-    return await handler(r, message, ctx)
+    # Commands answer in the conversation's language (the helpdesk space's in that space); triage in the
+    # message's own when it says.
+    with using_language(ctx.reply_language(message.room_id, message.person_id)):
+        return await handler(r, message, ctx)
 
 
 def _thread(message: Message) -> str:
@@ -173,7 +184,8 @@ async def on_triage(r: Route, message: Message, ctx: BotContext) -> Reply:
     lang = message_language(r.text, knowledge.index) or ctx.language_of(message.room_id, message.person_id)
     ctx.remember_language(message.room_id, message.person_id, lang)
     result = triage(r.text, knowledge.index_for(lang))
-    card = cards.build(result, knowledge.kb_for(lang), _thread(message), r.text, message.id)
+    with using_language(lang):
+        card = cards.build(result, knowledge.kb_for(lang), _thread(message), r.text, message.id)
     return Reply(card, f"triage-{result.outcome}", result)
 
 
@@ -198,7 +210,7 @@ async def on_show_ticket(r: Route, message: Message, ctx: BotContext) -> Reply:
 def _admin_only(command: Command) -> Command:
     async def guarded(r: Route, message: Message, ctx: BotContext) -> Reply:
         if not ctx.settings.is_admin(message.person_email):
-            return Reply(cards.refusal(ADMIN_ONLY), "refusal")
+            return Reply(cards.refusal(_(ADMIN_ONLY)), "refusal")
         return await command(r, message, ctx)
 
     return guarded
@@ -227,7 +239,8 @@ async def on_reload(r: Route, message: Message, ctx: BotContext) -> Reply:
 async def on_setup_page_turn(r: Route, message: Message, ctx: BotContext) -> Reply:
     seen = ctx.setup_pages.get((message.room_id, message.person_id))
     if seen is None:
-        return Reply(cards.text_message("Send “okta setup” to start the setup guide."), "setup")
+        start = _("Send “{command}” to start the setup guide.").format(command="okta setup")
+        return Reply(cards.text_message(start), "setup")
     page = seen + (1 if r.kind == "setup_next" else -1)
     return _setup_page(ctx, message.room_id, message.person_id, page, _thread(message))
 
@@ -241,26 +254,33 @@ async def on_setup(r: Route, message: Message, ctx: BotContext) -> Reply:
 @commands.register("empty", "help")
 async def on_help(r: Route, message: Message, ctx: BotContext) -> Reply:
     admin = ctx.settings.is_admin(message.person_email)
-    card = cards.help_card(ctx.knowledge.kb, admin, thread_id=_thread(message), admin_commands=ADMIN_COMMANDS)
+    kb = ctx.knowledge.kb_for(current_language())
+    card = cards.help_card(kb, admin, thread_id=_thread(message), admin_commands=_admin_commands())
     return Reply(card, "help")
 
 
-ADMIN_ONLY = (
+ADMIN_ONLY = N_(
     "Sorry, that command is for the bot's admins. Ask your Webex administrator if you need the numbers."
 )
+# The commands are English words whatever the language (the router knows no others); what they do is not.
 ADMIN_COMMANDS = (
-    ("stats [7d|30d]", "how the bot is doing: answers, feedback, deflection, escalations, tickets"),
-    ("unmatched", "the latest questions without a confident answer (where the knowledge has gaps)"),
-    ("reload knowledge", "re-read the knowledge files; on any error the current knowledge stays"),
+    ("stats [7d|30d]", N_("how the bot is doing: answers, feedback, deflection, escalations, tickets")),
+    ("unmatched", N_("the latest questions without a confident answer (where the knowledge has gaps)")),
+    ("reload knowledge", N_("re-read the knowledge files; on any error the current knowledge stays")),
 )
+
+
+def _admin_commands() -> list[tuple[str, str]]:
+    return [(command, _(what)) for command, what in ADMIN_COMMANDS]
 
 
 def _setup_page(ctx: BotContext, room_id: str, person_id: str, page: int, thread_id: str) -> Reply:
-    guide = ctx.knowledge.kb.setup_guide
+    kb = ctx.knowledge.kb_for(current_language())
+    guide = kb.setup_guide
     pages = max(1, -(-len(guide.steps) // SETUP_PAGE_SIZE)) if guide else 1
     page = min(max(page, 0), pages - 1)
     ctx.remember_setup_page(room_id, person_id, page)
-    return Reply(cards.setup_guide_card(ctx.knowledge.kb, page, thread_id, SETUP_PAGE_SIZE), "setup")
+    return Reply(cards.setup_guide_card(kb, page, thread_id, SETUP_PAGE_SIZE), "setup")
 
 
 async def reload_knowledge(ctx: BotContext, who: str) -> OutgoingMessage:
@@ -349,7 +369,9 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     click = Click(ctx, event, Effects(ctx.store, event.event_id), action, parent)
     handler = submits.get(type(submit))
     assert handler is not None, f"no handler for {type(submit).__name__}"  # a test holds every submit type
-    await handler(submit, click)
+    # A click is answered in the language the person last wrote in (the helpdesk space's in that space).
+    with using_language(ctx.reply_language(action.room_id, action.person_id)):
+        await handler(submit, click)
 
 
 async def _in_room(ctx: BotContext, message_id: str, room_id: str) -> bool:
@@ -369,7 +391,8 @@ async def on_feedback(submit: FeedbackData, click: Click) -> None:
         thread_id=submit.thread_id,
     )
     if new and submit.helpful:
-        await click.reply(cards.feedback_ack(True, click.ctx.knowledge.kb), kind="feedback")
+        kb = click.ctx.knowledge.kb_for(current_language())
+        await click.reply(cards.feedback_ack(True, kb), kind="feedback")
     elif new:
         # "No, still stuck" is the way to a person: offer the helpdesk straight away.
         await tickets.offer_escalation(click, submit.thread_id, submit.article_id, None)
@@ -377,10 +400,10 @@ async def on_feedback(submit: FeedbackData, click: Click) -> None:
 
 @submits.register(ShowData)
 async def on_show(submit: ShowData, click: Click) -> None:
-    kb = click.ctx.knowledge.kb
+    kb = click.ctx.knowledge.kb_for(current_language())
     article = kb.article(submit.article_id)
     if article is None:
-        reply = cards.refusal("That article is no longer in the knowledge base. Try asking again.")
+        reply = cards.refusal(_("That article is no longer in the knowledge base. Try asking again."))
     else:
         reply = cards.article_card(article, kb, submit.thread_id)
     await click.reply(reply, kind="article")
@@ -405,27 +428,31 @@ async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
     try:
         envelope = WebhookEnvelope.model_validate(event.payload)
         room_id = envelope.data.get("roomId")
+        person_id = envelope.data.get("personId")
         if not isinstance(room_id, str) or event.reply_message_id:
             return
         parent: str | None = None
         if envelope.data.get("roomType") == "group":
-            parent = await _thread_of_event(ctx, event.event_id)
+            parent = await _thread_of_event(ctx, event.event_id, str(envelope.data.get("id", "")))
             if parent is None:
                 # Not top-level in a group space, where it would read as addressed to everyone.
                 log.info("event %s: its message is gone and so is its thread; no apology", event.event_id)
                 return
-        msg = cards.text_message(
-            "Sorry, I couldn't answer your last message because of a problem on my side. "
-            "Please try again later or contact the helpdesk."
-        )
+        with using_language(ctx.reply_language(room_id, person_id if isinstance(person_id, str) else "")):
+            msg = cards.text_message(
+                _(
+                    "Sorry, I couldn't answer your last message because of a problem on my side. "
+                    "Please try again later or contact the helpdesk."
+                )
+            )
         await ctx.webex.post_message(msg.to_webex(room_id=room_id, parent_id=parent))
     except Exception:  # best effort: the failure is already logged and stored
         log.exception("could not tell the user about failed event %s", event.event_id)
 
 
-async def _thread_of_event(ctx: BotContext, message_id: str) -> str | None:
+async def _thread_of_event(ctx: BotContext, event_id: str, message_id: str) -> str | None:
     """The thread of a message that could not be answered: as triage recorded it, else as Webex has it."""
-    record = await ctx.store.get_triage(message_id)
+    record = await ctx.store.get_triage(event_id)
     if record is not None and record.thread_id and record.thread_id != message_id:
         return record.thread_id  # a reply in a thread whose first message may still be there
     try:

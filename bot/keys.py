@@ -8,6 +8,7 @@ from bot.context import BotContext
 from bot.inbox import InboxWriter
 from bot.local.renderer import Renderer
 from bot.local.transport import LocalWebex
+from bot.websocket import WebsocketInbound
 from bot.worker import Worker
 
 CONTEXT = web.AppKey("context", BotContext)
@@ -15,3 +16,4 @@ WORKER = web.AppKey("worker", Worker)
 INBOX = web.AppKey("inbox", InboxWriter)
 LOCAL = web.AppKey("local", LocalWebex)  # local mode only
 RENDERER = web.AppKey("renderer", Renderer)  # local mode only
+WEBSOCKET = web.AppKey("websocket", WebsocketInbound)

@@ -73,6 +73,8 @@ class ArticleFile(_Strict):
     phrases: tuple[NonEmpty, ...] = ()
     steps: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]
     links: tuple[str, ...] = ()
+    # Articles the steps point the reader to ("see the blank-screen steps"): the card gets a button to each.
+    see_also: tuple[ArticleId, ...] = ()
 
 
 class SetupStepFile(_Strict):
@@ -209,6 +211,7 @@ class Article(BaseModel):
     message: str | None = None
     # The setup guide only: ids of the setup notes that belong to it.
     notes: tuple[str, ...] = ()
+    see_also: tuple[str, ...] = ()  # articles the steps point to
     # By ISO 639-1 code; English is the article itself.
     translations: dict[str, ArticleText] = Field(default_factory=dict)
     lang: str = "en"  # the language this copy's words are in (in_language sets it)
@@ -402,6 +405,7 @@ def _parse_articles(doc: dict[str, Any], problems: list[Problem]) -> list[Articl
                 links=a.links,
                 aliases=a.aliases,
                 phrases=a.phrases,
+                see_also=a.see_also,
             )
         )
     return out
@@ -467,6 +471,9 @@ def _cross_check(articles: list[Article], links: Mapping[str, Link], problems: l
         for note in a.notes:
             if note not in ids:
                 problems.append(Problem(SETUP_FILE, a.id, "notes", f"unknown article id {note!r}"))
+        for ref in a.see_also:
+            if ref not in ids:
+                problems.append(Problem(ARTICLES_FILE, a.id, "see_also", f"unknown article id {ref!r}"))
 
 
 def load_knowledge(directory: Path | str, link_overrides: Mapping[str, str] | None = None) -> KnowledgeBase:

@@ -7,13 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bot.i18n import N_
+
 MAX_PEOPLE = 10_000  # buckets remembered; past it, full ones (people at rest) are forgotten
 
 NOTE_EVERY = 60.0  # seconds between two "slow down" notes to one person
 
 Verdict = Literal["ok", "note", "drop"]
 
-SLOW_DOWN = (
+SLOW_DOWN = N_(
     "You're sending more than I can answer well, so I'm skipping your messages for a minute. "
     "Please wait a moment, then send your question again."
 )

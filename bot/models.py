@@ -129,6 +129,13 @@ class Webhook(WebexModel):
     created: datetime | None = None
 
 
+class Room(WebexModel):
+    id: WebexId
+    title: str = ""
+    type: Literal["direct", "group"] | str = "group"
+    last_activity: datetime | None = None
+
+
 class Membership(WebexModel):
     id: WebexId
     room_id: WebexId

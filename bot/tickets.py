@@ -18,9 +18,11 @@ from bot.cards import (
 )
 from bot.context import BotContext, Click, Effects, post_once
 from bot.dispatch import Router
+from bot.i18n import N_, _, using_language
 from bot.models import Message, Person
 from bot.redact import redact
-from bot.store import Ticket, TicketChange, TicketRefused, TriageRecord
+from bot.store import Ticket, TicketChange, TicketRefused
+from bot.triage import message_language
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +47,17 @@ async def offer_escalation(
 
 
 def already_open(ticket: Ticket) -> str:
-    return (
-        f"{ticket.number} is already open for this conversation, and the helpdesk has it: they will answer "
-        f"here. Send “ticket {ticket.number}” to see where it stands."
-    )
+    return _(
+        "{number} is already open for this conversation, and the helpdesk has it: they will answer here. "
+        "Send “ticket {number}” to see where it stands."
+    ).format(number=ticket.number)
 
 
 def too_many(cap: int) -> str:
-    return (
-        f"You have opened {cap} tickets in the last hour, the most I can file. The helpdesk has them; "
+    return _(
+        "You have opened {cap} tickets in the last hour, the most I can file. The helpdesk has them; "
         "send “my tickets” to see them, and please wait for their answer."
-    )
+    ).format(cap=cap)
 
 
 @submits.register(FileTicketData)
@@ -76,8 +78,26 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
     steps = [s.text for s in kb.articles[article_ids[0]].steps] if article_ids else []
     original = record.text if record else next((t["text"] for t in transcript if t["who"] != "bot"), "")
     try:
-        ticket, created = await _create(
-            ctx, click, submit, person, record, transcript, article_ids, steps, original
+        ticket, created = await ctx.store.create_ticket(
+            # The submit's id: a redelivered or retried click files one ticket, not two.
+            dedupe_key=action.id,
+            requester_id=action.person_id,
+            requester_email=person.emails[0] if person.emails else "",
+            requester_name=person.display_name or (person.emails[0] if person.emails else "unknown"),
+            room_id=action.room_id,
+            # The conversation's thread (a message id also in direct spaces): stats link feedback and tickets by it.
+            thread_id=parent_id or submit.thread_id,
+            original_text=original,
+            codes=list(record.codes) if record else [],
+            articles=article_ids,
+            steps_suggested=steps,
+            note=redact(submit.note.strip()) or None,
+            transcript=transcript,
+            # The card's thread in a group space, None in a direct one: notices later go there without asking.
+            reply_parent=parent_id,
+            # Forged or repeated submits: one open ticket per thread, and a cap per person.
+            one_per_thread=True,
+            hourly_cap=ctx.settings.tickets_per_hour,
         )
     except TicketRefused as refused:
         log.warning("file_ticket %s by %s refused: %s", action.id, action.person_id, refused)
@@ -88,7 +108,8 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
         log.info("ticket %s filed by %s", ticket.number, action.person_id)
     helpdesk_room = ctx.settings.helpdesk_room_id
     if helpdesk_room and not ticket.helpdesk_message_id:
-        card = cards.ticket_card(ticket, kb)
+        with using_language(ctx.settings.helpdesk_language):
+            card = cards.ticket_card(ticket, kb)
         card_id = await post_once(
             ctx, click.effects, helpdesk_room, None, card, kind="ticket", step="ticket-card"
         )
@@ -100,38 +121,11 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
     )
 
 
-async def _create(
-    ctx: BotContext,
-    click: Click,
-    submit: FileTicketData,
-    person: Person,
-    record: TriageRecord | None,
-    transcript: list[dict[str, str]],
-    article_ids: list[str],
-    steps: list[str],
-    original: str,
-) -> tuple[Ticket, bool]:
-    action, parent_id = click.action, click.parent
-    return await ctx.store.create_ticket(
-        # The submit's id: a redelivered or retried click files one ticket, not two.
-        dedupe_key=action.id,
-        requester_id=action.person_id,
-        requester_email=person.emails[0] if person.emails else "",
-        requester_name=person.display_name or (person.emails[0] if person.emails else "unknown"),
-        room_id=action.room_id,
-        # The conversation's thread (a message id also in direct spaces): stats link feedback and tickets by it.
-        thread_id=parent_id or submit.thread_id,
-        original_text=original,
-        codes=list(record.codes) if record else [],
-        articles=article_ids,
-        steps_suggested=steps,
-        note=redact(submit.note.strip()) or None,
-        transcript=transcript,
-        # The card's thread in a group space, None in a direct one: notices later go there without asking.
-        reply_parent=parent_id,
-        # Forged or repeated submits: one open ticket per thread, and a cap per person.
-        one_per_thread=True,
-        hourly_cap=ctx.settings.tickets_per_hour,
+def _requester_language(ctx: BotContext, ticket: Ticket) -> str:
+    """The language the requester last wrote in; after a restart or on another replica, their ticket's."""
+    known = ctx.languages.get((ticket.room_id, ticket.requester_id))
+    return (
+        known or message_language(ticket.original_text, ctx.knowledge.index) or ctx.settings.default_language
     )
 
 
@@ -142,6 +136,7 @@ async def _tell_requester(click: Click, ticket: Ticket, message: OutgoingMessage
 
 
 async def _tell_helpdesk(click: Click, ticket: Ticket, markdown: str, kind: str) -> None:
+    """Post `markdown` (written in HELPDESK_LANGUAGE) under the ticket's card in the helpdesk space."""
     room = click.ctx.settings.helpdesk_room_id
     if room:
         message = cards.text_message(markdown)
@@ -174,7 +169,7 @@ async def _helpdesk_member(click: Click, verb: str, number: str) -> Person | Non
         return await ctx.webex.get_person(action.person_id)
     log.warning("ticket action %s on %s by non-member %s refused", verb, number, action.person_id)
     # In the card's thread (click.parent), not under the card: a card that is itself a reply takes none.
-    refusal = cards.refusal("Sorry, only members of the helpdesk space can work on tickets.")
+    refusal = cards.refusal(_("Sorry, only members of the helpdesk space can work on tickets."))
     await click.reply(refusal, kind="refusal")
     return None
 
@@ -189,17 +184,28 @@ async def _helpdesk_change(
     """Apply one helpdesk transition; say so under the card when there is no such ticket or nothing changed."""
     result = await _transition(click.ctx, click.effects, number, change)
     if result is None:
-        await click.reply(cards.refusal(f"I can't find {number}."), kind="refusal")
+        missing = _("I can't find {number}.").format(number=number)
+        await click.reply(
+            cards.refusal(missing),
+            kind="refusal",
+        )
         return None
     ticket = result.ticket
     if result.ok:
         return ticket
+    status = cards.status_label(ticket.status)
     if ticket.status == "claimed" and ticket.assignee_id == click.action.person_id:
-        text = f"You already have {ticket.number}."
+        text = _("You already have {number}.").format(number=ticket.number)
+    elif ticket.assignee_name:
+        text = _("{number} is already {status} by {name}. Nothing changed.").format(
+            number=ticket.number, status=status, name=cards.escape_user_text(ticket.assignee_name, 60)
+        )
     else:
-        who = f" by {cards.escape_user_text(ticket.assignee_name or '', 60)}" if ticket.assignee_name else ""
-        text = f"{ticket.number} is already {ticket.status}{who}. Nothing changed."
-    await click.reply(cards.text_message(text), kind="ticket-noop")
+        text = _("{number} is already {status}. Nothing changed.").format(number=ticket.number, status=status)
+    await click.reply(
+        cards.text_message(text),
+        kind="ticket-noop",
+    )
     return None
 
 
@@ -218,10 +224,15 @@ async def on_claim(submit: ClaimData, click: Click) -> None:
     )
     if ticket is None:
         return
-    claimed = cards.text_message(f"{cards.escape_user_text(name, 60)} claimed {ticket.number}.")
-    await click.reply(claimed, kind="ticket-claimed")
+    claimed = _("{name} claimed {number}.").format(
+        name=cards.escape_user_text(name, 60), number=ticket.number
+    )
+    await click.reply(cards.text_message(claimed), kind="ticket-claimed")
     first = person.first_name or name.split(" ")[0]
-    notice = f"{cards.escape_user_text(first, 40)} from the helpdesk is on it ({ticket.number})."
+    with using_language(_requester_language(click.ctx, ticket)):
+        notice = _("{name} from the helpdesk is on it ({number}).").format(
+            name=cards.escape_user_text(first, 40), number=ticket.number
+        )
     await _tell_requester(click, ticket, cards.text_message(notice), kind="requester-claimed")
 
 
@@ -241,9 +252,12 @@ async def on_resolve(submit: ResolveData, click: Click) -> None:
     )
     if ticket is None:
         return
-    resolved = cards.text_message(f"{cards.escape_user_text(name, 60)} resolved {ticket.number}.")
-    await click.reply(resolved, kind="ticket-resolved")
-    card = cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id)
+    resolved = _("{name} resolved {number}.").format(
+        name=cards.escape_user_text(name, 60), number=ticket.number
+    )
+    await click.reply(cards.text_message(resolved), kind="ticket-resolved")
+    with using_language(_requester_language(click.ctx, ticket)):
+        card = cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-resolved")
 
 
@@ -263,10 +277,11 @@ async def on_ask_info(submit: AskInfoData, click: Click) -> None:
     )
     if ticket is None:
         return
-    sent = cards.text_message(f"Question sent to {cards.escape_user_text(ticket.requester_name, 60)}.")
-    await click.reply(sent, kind="ticket-question")
-    # The question as stored: redacted before it reaches the requester too.
-    card = cards.info_request_card(ticket, name, question, ticket.thread_id or ticket.room_id)
+    sent = _("Question sent to {name}.").format(name=cards.escape_user_text(ticket.requester_name, 60))
+    await click.reply(cards.text_message(sent), kind="ticket-question")
+    with using_language(_requester_language(click.ctx, ticket)):
+        # The question as stored: redacted before it reaches the requester too.
+        card = cards.info_request_card(ticket, name, question, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-question")
 
 
@@ -279,7 +294,9 @@ async def _requester_ticket(click: Click, verb: str, number: str) -> Ticket | No
         return ticket
     # Someone else's ticket (or a forged number): no details, no change.
     log.warning("ticket action %s on %s by non-requester %s refused", verb, number, click.action.person_id)
-    await click.reply(cards.refusal("Sorry, I can only change tickets you opened yourself."), kind="refusal")
+    await click.reply(
+        cards.refusal(_("Sorry, I can only change tickets you opened yourself.")), kind="refusal"
+    )
     return None
 
 
@@ -296,16 +313,19 @@ async def _requester_change(
 ) -> None:
     """Reopen and cancel: one transition, the helpdesk told under its card, the requester answered.
 
-    The texts are formats of {number} (as the card gave it) and {status} (the ticket's before the change)."""
+    The texts are msgids, formats of {number} (as the card gave it) and {status} (the ticket's before the
+    change): the notice in the helpdesk's language, the answer in the requester's."""
     notice_kind, reply_kind = kinds
     result = await _transition(click.ctx, click.effects, number, change)
     if result is not None and result.ok:
-        notice = helpdesk_notice.format(number=result.ticket.number)
+        with using_language(click.ctx.settings.helpdesk_language):
+            notice = _(helpdesk_notice).format(number=result.ticket.number)
         await _tell_helpdesk(click, result.ticket, notice, kind=notice_kind)
         text = done
     else:
         text = refused
-    await click.reply(cards.text_message(text.format(number=number, status=ticket.status)), kind=reply_kind)
+    answer = _(text).format(number=number, status=cards.status_label(ticket.status))
+    await click.reply(cards.text_message(answer), kind=reply_kind)
 
 
 @submits.register(TicketFixedData)
@@ -314,7 +334,7 @@ async def on_ticket_fixed(submit: TicketFixedData, click: Click) -> None:
     if ticket is None:
         return
     if submit.fixed:
-        thanks = cards.text_message("Great, glad it's fixed. Thanks for telling me.")
+        thanks = cards.text_message(_("Great, glad it's fixed. Thanks for telling me."))
         await click.reply(thanks, kind="ticket-fixed")
         return
     await _requester_change(
@@ -322,9 +342,9 @@ async def on_ticket_fixed(submit: TicketFixedData, click: Click) -> None:
         ticket,
         lambda: click.ctx.store.reopen_ticket(submit.number, requester_id=click.action.person_id),
         number=submit.number,
-        helpdesk_notice="{number} was reopened: the requester says it is still broken.",
-        done="Sorry about that. I reopened {number}; the helpdesk will pick it up again here.",
-        refused="{number} is {status}; nothing to reopen.",
+        helpdesk_notice=N_("{number} was reopened: the requester says it is still broken."),
+        done=N_("Sorry about that. I reopened {number}; the helpdesk will pick it up again here."),
+        refused=N_("{number} is {status}; nothing to reopen."),
         kinds=("ticket-reopened", "ticket-reopen"),
     )
 
@@ -339,9 +359,9 @@ async def on_cancel_ticket(submit: CancelTicketData, click: Click) -> None:
         ticket,
         lambda: click.ctx.store.cancel_ticket(submit.number, requester_id=click.action.person_id),
         number=submit.number,
-        helpdesk_notice="{number} was cancelled by the requester.",
-        done="{number} is cancelled.",
-        refused="{number} is {status} and can't be cancelled now.",
+        helpdesk_notice=N_("{number} was cancelled by the requester."),
+        done=N_("{number} is cancelled."),
+        refused=N_("{number} is {status} and can't be cancelled now."),
         kinds=("ticket-cancelled", "ticket-cancel"),
     )
 
@@ -359,21 +379,21 @@ async def on_answer_info(submit: AnswerInfoData, click: Click) -> None:
         if answered is None:
             # Only a question the helpdesk asked, and only once: no unsolicited posts in their space.
             log.warning("answer_info %s on %s refused: no open question", click.action.id, ticket.number)
-            text = (
-                f"There is no open question from the helpdesk on {ticket.number}, so I kept this to myself."
+            text = _("There is no open question from the helpdesk on {number}, so I kept this to myself.")
+            await click.reply(
+                cards.text_message(text.format(number=ticket.number)), kind="ticket-no-question"
             )
-            await click.reply(cards.text_message(text), kind="ticket-no-question")
             return
         await click.effects.record(TRANSITION, ticket.number)
-    await _tell_helpdesk(
-        click,
-        ticket,
-        f"Answer from {cards.escape_user_text(ticket.requester_name, 60)} on {ticket.number}: "
-        f"“{cards.escape_user_text(answer, 1500)}”",
-        kind="ticket-answer",
-    )
+    with using_language(click.ctx.settings.helpdesk_language):
+        notice = _("Answer from {name} on {number}: “{answer}”").format(
+            name=cards.escape_user_text(ticket.requester_name, 60),
+            number=ticket.number,
+            answer=cards.escape_user_text(answer, 1500),
+        )
+    await _tell_helpdesk(click, ticket, notice, kind="ticket-answer")
     await click.reply(
-        cards.text_message("Thanks, I passed your answer to the helpdesk."), kind="ticket-answered"
+        cards.text_message(_("Thanks, I passed your answer to the helpdesk.")), kind="ticket-answered"
     )
 
 
@@ -387,9 +407,9 @@ async def list_command(ctx: BotContext, message: Message, *, mine: bool) -> Outg
         and await ctx.members.is_member(ctx.webex, room, message.person_id)
     ):
         return cards.ticket_list(
-            await ctx.store.list_tickets(("open", "claimed")), "Open and claimed tickets"
+            await ctx.store.list_tickets(("open", "claimed")), _("Open and claimed tickets")
         )
-    return cards.ticket_list(await ctx.store.tickets_for_requester(message.person_id), "Your tickets")
+    return cards.ticket_list(await ctx.store.tickets_for_requester(message.person_id), _("Your tickets"))
 
 
 async def show_command(ctx: BotContext, message: Message, number: str) -> OutgoingMessage:
@@ -401,5 +421,6 @@ async def show_command(ctx: BotContext, message: Message, number: str) -> Outgoi
         and await ctx.members.is_member(ctx.webex, room or "", message.person_id)
     )
     if ticket is None or not (staff or ticket.requester_id == message.person_id):
-        return cards.text_message(f"I can't find a ticket {number} of yours. Send “my tickets” to list them.")
+        missing = _("I can't find a ticket {number} of yours. Send “{command}” to list them.")
+        return cards.text_message(missing.format(number=number, command="my tickets"))
     return cards.ticket_summary(ticket)

@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
-from bot.models import AttachmentAction, Membership, Message, Person, Webhook
+from bot.models import AttachmentAction, Membership, Message, Person, Room, Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +246,24 @@ class WebexClient:
             payload["status"] = status
         reply = await self._call("PUT", path, "/webhooks/{id}", json_body=payload)
         return self._parse(Webhook, reply.body, "PUT", path, reply)
+
+    async def list_rooms_by_activity(self, *, max: int = 100) -> list[Room]:
+        """The bot's spaces, most recently active first; one page, since a catch-up wants only the recent."""
+        url = self._url("/rooms").with_query({"sortBy": "lastactivity", "max": str(max)})
+        reply = await self._send("GET", url, "/rooms", "/rooms", json_body=None)
+        return self._items(Room, reply, "/rooms")
+
+    async def list_mentions(self, *, room_id: str, max: int = 50) -> list[Message]:
+        """Messages of a group space that mention the bot, newest first: all that a bot may list there."""
+        url = self._url("/messages").with_query({"roomId": room_id, "mentionedPeople": "me", "max": str(max)})
+        reply = await self._send("GET", url, "/messages", "/messages", json_body=None)
+        return self._items(Message, reply, "/messages")
+
+    def _items(self, model: type[ModelT], reply: _Reply, path: str) -> list[ModelT]:
+        body = reply.body
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise WebexBadResponse("list response has no 'items' array", method="GET", path=path)
+        return [self._parse(model, item, "GET", path, reply) for item in body["items"]]
 
     # ---- plumbing --------------------------------------------------------------------------------
 

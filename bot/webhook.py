@@ -15,6 +15,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
+from bot.hydra import dedupe_key
 from bot.keys import CONTEXT, INBOX, WORKER
 from bot.models import WebhookEnvelope
 from bot.store import StoreUnavailable
@@ -110,7 +111,8 @@ async def _receive(request: web.Request) -> web.Response:
         # Accepting work the database cannot keep would lose it; Webex redelivers after a 503.
         return _json(503, error="storage cannot be written, retry later")
     try:
-        new = await request.app[INBOX].enqueue(data.id, envelope.resource, body, data.person_id)
+        # The same key as the websocket's for the same message: one answer, whichever path brings it.
+        new = await request.app[INBOX].enqueue(dedupe_key(data.id), envelope.resource, body, data.person_id)
     except StoreUnavailable as exc:
         # 503 makes Webex redeliver; a 200 here would lose the message.
         log.error("webhook for %s not stored, answering 503: %s", data.id, exc)

@@ -31,6 +31,8 @@ def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Setti
         "webex_access_token": fake.token,
         "webex_webhook_secret": SECRET,
         "webex_api_url": fake.base_url,
+        # These tests post webhooks; the websocket path has its own tests (test_websocket*.py).
+        "webex_inbound": "webhook",
         "database_url": database_url,
         "knowledge_dir": KNOWLEDGE_DIR,
         # Tests send one person's events in bursts; tests/test_floods.py holds the default limit.

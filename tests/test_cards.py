@@ -807,3 +807,17 @@ def test_forms_refuse_inputs_that_do_not_match_their_payload() -> None:
         form(FileTicketData, {"thread_id": "<@all>"}, {"note": Prompt("Note")}, title="Send")
     with pytest.raises(ValueError, match="form"):
         Draft().submit("Ask", AskInfoData(number="HD-1", question="which laptop?"))
+
+
+def test_help_lists_every_command_a_person_may_use(kb: KnowledgeBase) -> None:
+    text = cards.help_card(kb, False).markdown
+    for command in ("escalate", "my tickets", "ticket HD-1042", "help"):
+        assert f"**{command}**" in text, command
+    assert "okta setup" not in text  # the administrators' commands are for administrators
+    assert "okta setup" in cards.help_card(kb, True).markdown
+
+
+def test_an_article_that_points_to_another_has_a_button_to_it(kb: KnowledgeBase) -> None:
+    card = cards.article_card(kb.articles["cant-sign-in"], kb, THREAD).card or {}
+    shown = [a["data"]["article_id"] for a in card["actions"] if a.get("data", {}).get("verb") == "show"]
+    assert shown == ["blank-screen", "sso-failed"]

@@ -224,3 +224,12 @@ def test_broad_choices_must_name_articles(tmp_path: Path) -> None:
     with pytest.raises(KnowledgeError) as info:
         load_knowledge(folder)
     assert [(p.file, p.field) for p in info.value.problems] == [("scope.toml", "no-such-article")]
+
+
+def test_see_also_must_name_articles(tmp_path: Path) -> None:
+    folder = _copy(tmp_path)
+    articles = folder / "articles.toml"
+    articles.write_text(articles.read_text().replace('see_also = ["blank-screen",', 'see_also = ["nowhere",'))
+    with pytest.raises(KnowledgeError) as info:
+        load_knowledge(folder)
+    assert [(p.entry, p.field) for p in info.value.problems] == [("cant-sign-in", "see_also")]

@@ -28,7 +28,13 @@ def env(**values: str) -> dict[str, str]:
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("WEBEX_", "DATABASE_", "PUBLIC_", "PORT"))
     }
-    return {**base, "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR), "HOST": "127.0.0.1", **values}
+    return {
+        **base,
+        "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR),
+        "HOST": "127.0.0.1",
+        "WEBEX_INBOUND": "webhook",
+        **values,
+    }
 
 
 async def start(values: dict[str, str], *args: str) -> asyncio.subprocess.Process:

@@ -32,6 +32,7 @@ from bot.cards.submit import (
 from bot.cards.tickets import (
     escalation_card,
     info_request_card,
+    status_label,
     ticket_card,
     ticket_filed_card,
     ticket_list,
@@ -73,6 +74,7 @@ __all__ = [
     "setup_guide_card",
     "stats_card",
     "stats_lines",
+    "status_label",
     "text_message",
     "ticket_card",
     "ticket_filed_card",

@@ -26,6 +26,7 @@ from bot.cards.elements import (
 )
 from bot.cards.escape import shorten
 from bot.cards.submit import Payload
+from bot.i18n import _, ngettext
 from bot.knowledge import Link, Step
 
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
@@ -178,7 +179,7 @@ class Draft:
         self.body.append(Container(style=style, items=(TextBlock(text=shown, wrap=True),)))
         self.paragraphs.append(f"> {shown}")
 
-    def numbered(self, steps: Sequence[Step], *, start: int = 1, more: str = "see the link") -> None:
+    def numbered(self, steps: Sequence[Step], *, start: int = 1, more: str = "") -> None:
         shown = steps[: self.budget.items]
         lines: list[str] = []
         for n, step in enumerate(shown, start):
@@ -193,17 +194,19 @@ class Draft:
         self.paragraphs.append("\n".join(lines))
         self._more(len(steps) - len(shown), "step", more)
 
-    def bullets(self, items: Sequence[str], *, noun: str = "item", more: str = "") -> None:
+    def bullets(self, items: Sequence[str], *, noun: Noun = "item", more: str = "") -> None:
         shown = [f"- {self.clip(item)}" for item in items[: self.budget.items]]
         if shown:
             self.body.append(TextBlock(text="\n".join(shown), wrap=True, spacing="small"))
             self.paragraphs.append("\n".join(shown))
         self._more(len(items) - len(shown), noun, more)
 
-    def _more(self, hidden: int, noun: str, hint: str) -> None:
+    def _more(self, hidden: int, noun: Noun, hint: str) -> None:
         if hidden > 0:
-            tail = f", {hint}" if hint else ""
-            self.para(f"…and {hidden} more {noun}{'s' if hidden > 1 else ''}{tail}.", subtle=True, clip=False)
+            more = _more_text(noun, hidden).format(count=hidden)
+            # Translators: {more} is "…and 3 more steps", {hint} what to do about them ("see the link").
+            text = _("{more}, {hint}.").format(more=more, hint=hint) if hint else more + "."
+            self.para(text, subtle=True, clip=False)
 
     def links(self, links: Sequence[Link], *, buttons: int) -> None:
         """The first `buttons` links become buttons, the rest a line of markdown links."""
@@ -212,7 +215,7 @@ class Draft:
             self.actions.append(ActionOpenUrl(title=shorten(link.title, BUTTON_CHARS), url=link.url))
         rest = links[free:]
         if rest:
-            self.body.append(TextBlock(text="More help: " + _md_links(rest), wrap=True))
+            self.body.append(TextBlock(text=_("More help: {links}").format(links=_md_links(rest)), wrap=True))
         if links:
             self.paragraphs.append(_md_links(links))
 
@@ -287,6 +290,26 @@ def _input(name: str, info: FieldInfo, prompt: Prompt) -> InputText:
         is_required=required or None,
         error_message=prompt.error if required else None,
     )
+
+
+# What a cut list counts, each with its own "…and N more" (languages inflect the noun differently).
+Noun = Literal["item", "step", "code", "note", "line", "command"]
+
+
+def _more_text(noun: Noun, hidden: int) -> str:
+    match noun:
+        case "step":
+            return ngettext("…and {count} more step", "…and {count} more steps", hidden)
+        case "code":
+            return ngettext("…and {count} more code", "…and {count} more codes", hidden)
+        case "note":
+            return ngettext("…and {count} more note", "…and {count} more notes", hidden)
+        case "line":
+            return ngettext("…and {count} more line", "…and {count} more lines", hidden)
+        case "command":
+            return ngettext("…and {count} more command", "…and {count} more commands", hidden)
+        case "item":
+            return ngettext("…and {count} more item", "…and {count} more items", hidden)
 
 
 def _button(title: str, data: dict[str, Any], positive: bool) -> ActionSubmit:

@@ -10,7 +10,7 @@ from bot.triage.results import Evidence, Match, Outcome, TriageResult
 
 def message_language(text: str, index: TriageIndex) -> Lang | None:
     """The supported language a message is written in, not counting the English error texts pasted into it."""
-    return detect_language(text, index.english_messages, index.function_words)
+    return detect_language(text, index.english_messages, index.function_words, index.english_runs)
 
 
 __all__ = [

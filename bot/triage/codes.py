@@ -22,10 +22,16 @@ SCORE_NAME = 0.95
 # cost a single pass.
 FULL_CODE = re.compile(r"(?<![\d.])1000[ \t]{0,3}([:;/\-–—.])[ \t]{0,3}(\d{1,4})(?![\d:])")
 _SPACED_CODE = re.compile(r"(?<![\d.:])1000 {1,2}()(\d{1,4})(?![\d:])")  # () keeps groups as in FULL_CODE
+# "error" and "code" in the six languages, accents folded as normalise does: Fehler, erreur, erro, errore, código,
+# codice. A bare number after one of them is a catalogue suffix.
 _KEYWORD_CODE = re.compile(
-    r"\b(?:error|err|code|errorcode|error code|error no|error number)[ \t]{0,3}[:#=]?[ \t]{0,3}(?:is |was )?\(?(\d{1,4})(?![\d:/\-])"
+    r"\b(?:error|err|code|errorcode|error code|error no|error number|fehler|fehlercode|erreur|erro|errore"
+    r"|codigo|codice|codigo de error|codigo de erro|codice di errore|code derreur|code d erreur)"
+    r"[ \t]{0,3}[:#=]?[ \t]{0,3}(?:is |was |ist |est |es |e )?\(?(\d{1,4})(?![\d:/\-])"
 )
-_CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err)\b")
+_CODE_KEYWORD = re.compile(r"(?<![\d:/\-])(\d{1,4})\)?[ \t]{0,2}(?:error|err|fehler|erreur|erro|errore)\b")
+# The literals the two patterns above need; a substring test is far cheaper than a regex scan.
+_KEYWORD_LITERALS = ("err", "code", "fehler", "codi")
 _BARE_NUMBER = re.compile(r"(?<![\d:/\-.])(\d{3,4})(?![\d:/\-.])")
 _HAS_DIGIT = re.compile(r"\d")
 
@@ -36,6 +42,29 @@ Found = dict[str, tuple[float, Evidence, int]]
 def message_text(message: str) -> str:
     """An error's message without its "Error: 1000:N" tail: what people paste and paraphrase."""
     return FULL_CODE.sub(" ", message).replace("Error:", " ").replace("Error", " ")
+
+
+# How far a keyword code reaches around its keyword: the longest keyword ("codigo de error") with its spaces,
+# ":#=", "is/was" and four digits before or after it fits in this.
+_KEYWORD_REACH = 40
+
+
+def _keyword_spans(text: str) -> list[tuple[int, int]]:
+    """Merged windows of the text around each occurrence of a keyword literal."""
+    spans: list[tuple[int, int]] = []
+    for literal in _KEYWORD_LITERALS:
+        at = text.find(literal)
+        while at != -1:
+            spans.append((max(0, at - _KEYWORD_REACH), at + len(literal) + _KEYWORD_REACH))
+            at = text.find(literal, at + 1)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def find_codes(text: str, words: list[str], index: TriageIndex) -> tuple[Found, list[str], list[str]]:
@@ -64,12 +93,15 @@ def find_codes(text: str, words: list[str], index: TriageIndex) -> tuple[Found, 
                     unknown.append(f"1000:{suffix}")
                 if len(found) >= MAX_CODES:
                     break
-    if has_digit and ("err" in text or "code" in text):
-        for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
-            for m in pattern.finditer(text):
-                suffix = str(int(m.group(1)))
-                if suffix in index.suffixes:
-                    add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
+    if has_digit:
+        # Only around the keywords: scanning a long report at every position costs more than the rest of
+        # triage, and a keyword code is within a few characters of its keyword by the patterns' own bounds.
+        for start, end in _keyword_spans(text):
+            for pattern in (_KEYWORD_CODE, _CODE_KEYWORD):
+                for m in pattern.finditer(text, start, end):
+                    suffix = str(int(m.group(1)))
+                    if suffix in index.suffixes:
+                        add(index.suffixes[suffix], SCORE_KEYWORD_CODE, "code", m.start())
     if index.names_re is not None:
         # Names are matched with spaces and punctuation squeezed out: "SSO certificate error" finds SSOCertificateError.
         compact = "".join(words)

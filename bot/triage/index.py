@@ -13,6 +13,7 @@ from rapidfuzz import fuzz, process
 
 from bot.knowledge import Article, KnowledgeBase
 from bot.triage.codes import message_text
+from bot.triage.language import english_runs
 from bot.triage.normalise import TOKEN, Lexicon, normalize, split_name
 
 # A word in more than this share of the articles ("phone", "sign in") is common: where the message also has a
@@ -72,6 +73,7 @@ class TriageIndex:
     english_messages: tuple[str, ...] = ()
     # Each language's function words that no other supported language has (language detection's votes).
     function_words: dict[str, frozenset[str]] = field(default_factory=dict)
+    english_runs: frozenset[tuple[str, str, str]] = frozenset()  # three-word runs of english_messages
 
     @property
     def lang(self) -> str:
@@ -105,6 +107,7 @@ class TriageIndex:
             )
         )
         index.function_words = _function_words(kb)
+        index.english_runs = english_runs(index.english_messages)
         index.message_words = {
             a.id: frozenset(lexicon.tokens(message_text(a.message)))
             for a in kb.articles.values()
