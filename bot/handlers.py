@@ -319,7 +319,10 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
         return
     action = await ctx.webex.get_attachment_action(data.id)
     submit = cards.parse_submit(action.inputs)
-    if submit is None:
+    # What the person typed was too long or blank (or the card sent too much): they are told, once the card
+    # has been checked below. Anything else refused is forged or stale.
+    problem = cards.submit_problem(action.inputs) if submit is None else None
+    if submit is None and problem is None:
         # Forged or stale: say nothing to the sender, leave a trace for us.
         keys = (
             sorted(map(str, action.inputs))[:10]
@@ -348,6 +351,14 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
         return
     # The thread comes from the card itself, never from the submit: a forged thread id must not steer replies.
     card_thread = card_message.parent_id or card_message.id
+    if submit is None:
+        assert problem is not None
+        log.info("card submit %s from %s refused: %s input %r", action.id, action.person_id, *problem)
+        where = card_thread if card_message.room_type == "group" else None
+        with using_language(ctx.reply_language(action.room_id, action.person_id)):
+            told = cards.text_message(input_problem(problem[0]))
+        await post_reply(ctx, event, action.room_id, where, told, kind="input-refused")
+        return
     claimed_thread = getattr(submit, "thread_id", None)
     if card_message.room_type == "group" and claimed_thread is not None and claimed_thread != card_thread:
         log.warning(
@@ -372,6 +383,18 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     # A click is answered in the language the person last wrote in (the helpdesk space's in that space).
     with using_language(ctx.reply_language(action.room_id, action.person_id)):
         await handler(submit, click)
+
+
+def input_problem(problem: cards.InputProblem) -> str:
+    if problem == "too_long":
+        return _(
+            "That is longer than {limit} characters, the most I take. Please shorten it and send it again."
+        ).format(limit=cards.MAX_NOTE_CHARS)
+    if problem == "blank":
+        return _("That was empty. Please write something in the box first, then send it again.")
+    return _(
+        "That card sent more than {limit} fields, more than I take. Please use the card as I sent it."
+    ).format(limit=cards.MAX_SUBMIT_KEYS)
 
 
 async def _in_room(ctx: BotContext, message_id: str, room_id: str) -> bool:

@@ -127,7 +127,8 @@ async def _receive(request: web.Request) -> web.Response:
 
 # NaN, Infinity and numbers too big for a float: pydantic takes them, PostgreSQL's json refuses them (and with
 # them the whole insert). The quick look runs on every body; the exact one only when it finds something.
-_MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|[0-9][eE][+-]?[0-9]{3}")
+# A value position (after ":", "[" or ",") only, so that ids with "5e123" in them stay on the fast path.
+_MAYBE_NOT_FINITE = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity|[0-9.]+[eE][+-]?[0-9]{3})")
 
 
 def _reject_non_finite(body: str) -> None:

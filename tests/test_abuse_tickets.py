@@ -160,3 +160,35 @@ async def test_a_forged_thread_in_a_direct_space_is_refused(
     await click(bot, fake_webex, bob_card_id, world["bob"], verb(bob_card, "feedback", helpful=True))
     await quiet(bot)
     assert await votes(bot) == (1, 0)
+
+
+async def test_too_long_blank_or_too_many_inputs_are_answered_with_the_limit(
+    bot: Bot, fake_webex: FakeWebex, world: Json
+) -> None:
+    top, fix = await say(bot, fake_webex, world["sales"], world["alice"], "Error: 1000:603")
+    card_id = stored(fake_webex, fix)["id"]
+    good = verb(fix, "feedback", helpful=True)
+    cases = {
+        "a 1,001-character note": (
+            {"verb": "file_ticket", "thread_id": top["id"], "note": "x" * 1001},
+            "1000",
+        ),
+        "a 100 KB question": ({"verb": "ask_info", "number": "HD-1", "question": "q" * 100_000}, "1000"),
+        "a blank answer": (
+            {"verb": "answer_info", "number": "HD-1", "thread_id": top["id"], "answer": "   "},
+            "empty",
+        ),
+        "an empty question": ({"verb": "ask_info", "number": "HD-1", "question": ""}, "empty"),
+        "21 inputs": ({**good, **{f"k{i}": i for i in range(17)}}, "20"),
+    }
+    problems = {}
+    for name, (inputs, limit) in cases.items():
+        before = len(fake_webex.posted_messages)
+        await click(bot, fake_webex, card_id, world["alice"], inputs)
+        await quiet(bot)
+        told = fake_webex.posted_messages[before:]
+        if len(told) != 1 or limit not in told[0]["markdown"] or told[0].get("parentId") != top["id"]:
+            problems[name] = [(t["markdown"][:80], t.get("parentId") == top["id"]) for t in told]
+    assert not problems, problems
+    assert await bot.app[CONTEXT].store.tickets_for_requester(world["alice"]["id"]) == []
+    assert await votes(bot) == (0, 0)

@@ -154,12 +154,9 @@ def forged_inputs(thread: str) -> dict[str, Any]:
         "page is 1000 nines": {"verb": "setup_page", "page": "9" * 1000, "thread_id": thread},
         "100 KB article id": {**good, "article_id": "a" * 100_000},
         "100 KB thread id": {**good, "thread_id": "A" * 100_000},
-        "100 KB note": {"verb": "file_ticket", "thread_id": thread, "note": "x" * 100_000},
-        "100 KB question": {"verb": "ask_info", "number": "HD-1", "question": "q" * 100_000},
-        "10,000 keys": {**good, **{f"k{i}": i for i in range(10_000)}},
         "ticket number is SQL": {"verb": "claim", "number": "HD-1; DROP TABLE tickets"},
         "ticket number is markup": {"verb": "cancel_ticket", "number": "<@all>", "thread_id": thread},
-        "empty question": {"verb": "ask_info", "number": "HD-1", "question": ""},
+        # Too long, blank or too many inputs with a known verb are answered: tests/test_abuse_tickets.py.
     }
 
 

@@ -16,6 +16,8 @@ from bot.cards.answers import (
 from bot.cards.draft import CARD_CONTENT_TYPE, MAX_BODY_BYTES, OutgoingMessage, body_bytes, text_message
 from bot.cards.escape import escape_user_text
 from bot.cards.submit import (
+    MAX_NOTE_CHARS,
+    MAX_SUBMIT_KEYS,
     AnswerInfoData,
     AskInfoData,
     CancelTicketData,
@@ -23,11 +25,13 @@ from bot.cards.submit import (
     EscalateData,
     FeedbackData,
     FileTicketData,
+    InputProblem,
     ResolveData,
     SetupPageData,
     ShowData,
     TicketFixedData,
     parse_submit,
+    submit_problem,
 )
 from bot.cards.tickets import (
     escalation_card,
@@ -44,6 +48,8 @@ __all__ = [
     "ADMIN_NOTE",
     "CARD_CONTENT_TYPE",
     "MAX_BODY_BYTES",
+    "MAX_NOTE_CHARS",
+    "MAX_SUBMIT_KEYS",
     "AnswerInfoData",
     "AskInfoData",
     "CancelTicketData",
@@ -51,6 +57,7 @@ __all__ = [
     "EscalateData",
     "FeedbackData",
     "FileTicketData",
+    "InputProblem",
     "OutgoingMessage",
     "ResolveData",
     "SetupPageData",
@@ -75,6 +82,7 @@ __all__ = [
     "stats_card",
     "stats_lines",
     "status_label",
+    "submit_problem",
     "text_message",
     "ticket_card",
     "ticket_filed_card",
