@@ -506,7 +506,7 @@ async def test_injection_in_messages_never_comes_back_live(
     assert len(fake_webex.posted_messages) == len(messages) + 1
     echoed = [p for p in fake_webex.posted_messages if "You wrote" in p["markdown"]]
     assert len(echoed) >= 3, "the not-sure card should echo the message (else this test checks nothing)"
-    assert any("click" in p["markdown"] and "evil.example" in p["markdown"] for p in echoed)
+    assert any("click" in p["markdown"] and "evil(.)example" in p["markdown"] for p in echoed)
     assert_inert(fake_webex, kb)
 
 
@@ -562,5 +562,5 @@ async def test_injection_through_the_ticket_flow_never_comes_back_live(
         for step in ("Ticket ", "claimed", "asks about", "Answer from", "is resolved", "Your tickets"):
             assert step in kinds or any(step in p["markdown"] for p in fake_webex.posted_messages), step
         # Make sure the hostile text really was carried (escaped) into the ticket, so the check means something.
-        assert "evil.example" in json.dumps(ticket_post) and "click" in json.dumps(ticket_post)
+        assert "evil(.)example" in json.dumps(ticket_post) and "click" in json.dumps(ticket_post)
         assert_inert(fake_webex, kb)
