@@ -142,14 +142,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "- the same pipeline runs against an in-memory Webex.",
             flush=True,
         )
+    from bot.listen import listen
     from bot.store import DatabaseLost
 
     _raise_file_limit(log)
     try:
+        sock = listen(settings.host, settings.port, settings.max_connections)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return EXIT_ERROR
+    try:
         web.run_app(
             create_app(settings),
-            host=settings.host,
-            port=settings.port,
+            sock=sock,
             access_log=None,
             shutdown_timeout=15.0,
             # Also how long a new connection may take to send its first request's headers: aiohttp closes

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Floods: messages and card clicks per person per minute (the excess gets one "slow down" note, then
     # nothing), and new tickets per person per hour. Generous for people, tight for scripts; 0 turns one off.
     rate_limit_per_minute: int = Field(default=30, ge=0, le=100_000)
+    # Open HTTP connections; past it the oldest is closed (slow or hostile clients hold the oldest ones).
+    max_connections: int = Field(default=1000, ge=10, le=1_000_000)
     tickets_per_hour: int = Field(default=5, ge=0, le=10_000)
 
     # Escalation links: override the defaults in knowledge/links.toml without editing the files.

@@ -71,6 +71,13 @@ async def half_sent(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
     return reader, writer
 
 
+async def _closed(reader: asyncio.StreamReader, wait: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), wait) == b""
+    except (TimeoutError, ConnectionError):
+        return False
+
+
 async def test_2000_slow_connections_do_not_stop_acks_and_are_closed(
     server: ServeProcess, fake_webex: FakeWebex
 ) -> None:
@@ -82,6 +89,9 @@ async def test_2000_slow_connections_do_not_stop_acks_and_are_closed(
             slow += await asyncio.gather(
                 *(half_sent(server.port) for _ in range(start, min(start + 200, SLOW)))
             )
+        # Past MAX_CONNECTIONS (1,000) the oldest are shut at once, long before the header timeout.
+        early = await asyncio.gather(*(_closed(reader, 2.0) for reader, _ in slow[:900]))
+        assert sum(early) > 800, f"only {sum(early)} of the 900 oldest were closed past the cap"
         took: list[float] = []
         async with aiohttp.ClientSession() as http:
             for n in range(20):
