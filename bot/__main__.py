@@ -1,4 +1,4 @@
-"""Command line: serve, ask, knowledge check, webhooks, devices, whoami."""
+"""Command line: serve, ask, knowledge check, webhooks, devices, whoami, stats, gaps, outbox, purge."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
+from bot.admin_cli import add_admin_commands
 from bot.config import Settings, describe_settings_error
 from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
@@ -249,34 +250,6 @@ def _with_store(settings: Settings, use: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    import re
-    from datetime import UTC, datetime, timedelta
-
-    from bot.cards import stats_lines
-    from bot.store import StoreUnavailable
-
-    match = re.fullmatch(r"(\d{1,3})d?", args.period.strip().lower())
-    if match is None:
-        print("usage: stats [7d|30d|Nd]", file=sys.stderr)
-        return EXIT_USAGE
-    days = max(1, int(match.group(1)))
-
-    kb = _load(settings)
-    try:
-        stats = _with_store(
-            settings, lambda store: store.stats(since=datetime.now(UTC) - timedelta(days=days))
-        )
-    except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    lines = stats_lines(stats, days, kb)
-    width = max(len(label) for label, _ in lines)
-    for label, value in lines:
-        print(f"{label:<{width}}  {value}")
-    return EXIT_OK
-
-
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import timedelta
 
@@ -348,11 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = dsub.add_parser("delete", help="delete ours (never another program's)")
     delete.add_argument("--stale", action="store_true", help="only ours that no running bot refreshes")
     devs.set_defaults(func=cmd_devices)
-    stats = sub.add_parser(
-        "stats", help="what the bot did: answers, feedback, deflection, tickets (DATABASE_URL)"
-    )
-    stats.add_argument("period", nargs="?", default="7d", help="7d (default), 30d or Nd")
-    stats.set_defaults(func=cmd_stats)
+    add_admin_commands(sub)
     purge = sub.add_parser(
         "purge",
         help="delete handled events, delivered ITSM items and old conversation log now (DATABASE_URL)",

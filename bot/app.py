@@ -25,6 +25,7 @@ from bot.local.transport import LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.metrics import Metrics
 from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
+from bot.replicas import ReplicaSync
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
@@ -94,6 +95,9 @@ def _context(
         ctx = BotContext(
             settings=settings, knowledge=Knowledge.build(kb), store=store, webex=webex, metrics=metrics
         )
+        ctx.replica.interval = settings.replica_check_seconds
+        replicas = ReplicaSync(ctx)
+        await replicas.start()
         worker = Worker(
             store,
             lambda event: handle_event(event, ctx),
@@ -174,6 +178,7 @@ def _context(
             await worker.stop(grace=SHUTDOWN_GRACE_SECONDS)
             if outbox is not None:
                 await outbox.stop()
+            await replicas.stop()
             await session.close()
             await store.close()
             log.info("stopped cleanly")

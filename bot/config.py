@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Open HTTP connections; past it the oldest is closed (slow or hostile clients hold the oldest ones).
     max_connections: int = Field(default=1000, ge=10, le=1_000_000)
     tickets_per_hour: int = Field(default=5, ge=0, le=10_000)
+    # How often each replica reports in and checks whether another one reloaded the knowledge.
+    replica_check_seconds: float = Field(default=2.0, ge=0.05, le=300.0)
 
     # Escalation links: override the defaults in knowledge/links.toml without editing the files.
     helpdesk_portal_url: str | None = None

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bot.cards import OutgoingMessage
@@ -18,7 +22,7 @@ from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
 from bot.store import InboxEvent, Store, StoreUnavailable
 from bot.triage import LANGS, TriageIndex
-from bot.webex import WebexError, WebexMaybePosted
+from bot.webex import FileUpload, WebexError, WebexMaybePosted
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class WebexAPI(Protocol):
     ) -> list[Message]: ...
     async def is_member(self, room_id: str, person_id: str) -> bool: ...
     async def post_message(self, body: Mapping[str, Any]) -> Message: ...
+    async def post_message_with_file(self, body: Mapping[str, Any], file: FileUpload) -> Message: ...
 
 
 @dataclass(slots=True)
@@ -96,6 +101,20 @@ class Knowledge:
 
 
 @dataclass(slots=True)
+class ReplicaState:
+    """What this process has loaded of the knowledge the replicas share (bot/replicas.py keeps it)."""
+
+    replica_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    )
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    version: int = 0  # the shared knowledge version this process has loaded (or failed to, see error)
+    error: str | None = None
+    interval: float = 2.0  # seconds between heartbeats (REPLICA_CHECK_SECONDS)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time in this process
+
+
+@dataclass(slots=True)
 class BotContext:
     settings: Settings
     knowledge: Knowledge
@@ -113,6 +132,7 @@ class BotContext:
     posted: OrderedDict[str, str] = field(default_factory=OrderedDict)
     # The language each person last wrote in, per room: a short "ja" or "merci" keeps the conversation's.
     languages: OrderedDict[tuple[str, str], str] = field(default_factory=OrderedDict)
+    replica: ReplicaState = field(default_factory=ReplicaState)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_limit_per_minute)
@@ -271,5 +291,28 @@ async def post_once(
         log.info("event %s: %s was already posted", effects.event_id, step)
         return before
     posted = await _send(ctx, room_id, parent_id, reply, kind)
+    await _keep(ctx, lambda: effects.record(step, posted.id), step)
+    return posted.id
+
+
+async def post_file_once(
+    ctx: BotContext,
+    effects: Effects,
+    room_id: str,
+    parent_id: str | None,
+    reply: OutgoingMessage,
+    file: FileUpload,
+    *,
+    kind: str,
+    step: str,
+) -> str:
+    """post_once for a message with a file (multipart): its text, one file, no card."""
+    before = (await effects.known()).get(step)
+    if before is not None:
+        log.info("event %s: %s was already posted", effects.event_id, step)
+        return before
+    body = reply.to_webex(room_id=room_id, parent_id=parent_id)
+    posted = await ctx.webex.post_message_with_file(body, file)
+    ctx.metrics.replies_sent.labels(kind).inc()
     await _keep(ctx, lambda: effects.record(step, posted.id), step)
     return posted.id

@@ -16,17 +16,19 @@ from bot.cards import (
     SetupPageData,
     ShowData,
 )
-from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_reply
+from bot.charts import CHART_FILENAME, CHART_TYPE, stats_chart
+from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_file_once, post_once, post_reply
 from bot.dispatch import Router
+from bot.gaps import find_gaps
 from bot.i18n import N_, _, current_language, using_language
-from bot.knowledge import KnowledgeError, diff_knowledge, load_knowledge
 from bot.limits import SLOW_DOWN
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
+from bot.replicas import reload_everywhere
 from bot.routing import Route, RouteKind, reply_parent, route, strip_mention
 from bot.store import InboxEvent
 from bot.triage import TriageResult, asked_language, message_language, triage
-from bot.webex import WebexError, WebexNotFound
+from bot.webex import FileUpload, WebexError, WebexMaybePosted, WebexNotFound
 
 __all__ = ["BotContext", "Knowledge", "WebexAPI", "handle_event", "tell_failure"]
 
@@ -102,6 +104,8 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         )
         ctx.metrics.triage_outcomes.labels(_outcome_label(reply.triage.outcome)).inc()
     await post_reply(ctx, event, message.room_id, parent, reply.message, kind=reply.kind)
+    if reply.upload is not None:
+        await _post_upload(ctx, event, message.room_id, parent, reply.upload)
     await ctx.store.log_message(
         room_id=message.room_id,
         thread_id=parent,
@@ -142,10 +146,40 @@ REFUSAL_DOMAIN = N_(
 
 
 @dataclass(frozen=True, slots=True)
+class Upload:
+    """A file that follows the reply as a message of its own: Webex takes a card or an upload, not both."""
+
+    message: OutgoingMessage
+    file: FileUpload
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     message: OutgoingMessage
     kind: str
     triage: TriageResult | None = None
+    upload: Upload | None = None
+
+
+async def _post_upload(
+    ctx: BotContext, event: InboxEvent, room_id: str, parent: str | None, upload: Upload
+) -> None:
+    effects = Effects(ctx.store, event.event_id)
+    try:
+        await post_file_once(
+            ctx, effects, room_id, parent, upload.message, upload.file, kind="file", step="file"
+        )
+    except WebexMaybePosted as exc:
+        # It may be there already; a second copy would be worse than none.
+        log.warning(
+            "event %s: the upload of %s may not have arrived: %s", event.event_id, upload.file.filename, exc
+        )
+    except WebexError as exc:
+        log.warning("event %s: Webex refused the upload of %s: %s", event.event_id, upload.file.filename, exc)
+        note = cards.text_message(
+            f"I couldn't attach {upload.file.filename}: Webex said no ({exc.status or 'no answer'})."
+        )
+        await post_once(ctx, effects, room_id, parent, note, kind="file", step="file-failed")
 
 
 Command = Callable[[Route, Message, BotContext], Awaitable[Reply]]
@@ -219,8 +253,20 @@ def _admin_only(command: Command) -> Command:
 @commands.register("stats")
 @_admin_only
 async def on_stats(r: Route, message: Message, ctx: BotContext) -> Reply:
-    stats = await ctx.store.stats(since=datetime.now(UTC) - timedelta(days=r.days))
-    return Reply(cards.stats_card(stats, r.days, ctx.knowledge.kb), "stats")
+    since = datetime.now(UTC) - timedelta(days=r.days)
+    stats = await ctx.store.stats(since=since)
+    per_day = await ctx.store.daily_counts(since)
+    # Drawing takes tens of milliseconds of CPU: off the event loop, where it would stall every other event.
+    png = await asyncio.to_thread(stats_chart, per_day, r.days)
+    chart = Upload(cards.text_message(chart_caption(r.days)), FileUpload(CHART_FILENAME, CHART_TYPE, png))
+    return Reply(cards.stats_card(stats, r.days, ctx.knowledge.kb), "stats", upload=chart)
+
+
+def chart_caption(days: int) -> str:
+    return (
+        f"The last {days} day{'s' if days != 1 else ''}, per day: messages, confident answers, "
+        "“Yes, this helped” and escalations."
+    )
 
 
 @commands.register("unmatched")
@@ -229,10 +275,20 @@ async def on_unmatched(r: Route, message: Message, ctx: BotContext) -> Reply:
     return Reply(cards.unmatched_list(await ctx.store.unmatched(limit=20)), "unmatched")
 
 
+@commands.register("gaps")
+@_admin_only
+async def on_gaps(r: Route, message: Message, ctx: BotContext) -> Reply:
+    questions = await ctx.store.gap_questions(since=datetime.now(UTC) - timedelta(days=r.days))
+    lexicon = ctx.knowledge.index.lexicon
+    # Comparing every question with every other is CPU work: off the event loop.
+    found = await asyncio.to_thread(find_gaps, questions, lexicon, limit=GAPS_SHOWN)
+    return Reply(cards.gaps_card(found, r.days, len(questions), ctx.knowledge.kb), "gaps")
+
+
 @commands.register("reload")
 @_admin_only
 async def on_reload(r: Route, message: Message, ctx: BotContext) -> Reply:
-    return Reply(await reload_knowledge(ctx, message.person_email), "reload")
+    return Reply(await reload_everywhere(ctx, message.person_email), "reload")
 
 
 @commands.register("setup_next", "setup_previous")
@@ -262,9 +318,11 @@ async def on_help(r: Route, message: Message, ctx: BotContext) -> Reply:
 ADMIN_ONLY = N_(
     "Sorry, that command is for the bot's admins. Ask your Webex administrator if you need the numbers."
 )
+GAPS_SHOWN = 5
 # The commands are English words whatever the language (the router knows no others); what they do is not.
 ADMIN_COMMANDS = (
     ("stats [7d|30d]", N_("how the bot is doing: answers, feedback, deflection, escalations, tickets")),
+    ("gaps [7d|30d]", N_("what the knowledge is missing: similar unanswered questions, largest group first")),
     ("unmatched", N_("the latest questions without a confident answer (where the knowledge has gaps)")),
     ("reload knowledge", N_("re-read the knowledge files; on any error the current knowledge stays")),
 )
@@ -281,24 +339,6 @@ def _setup_page(ctx: BotContext, room_id: str, person_id: str, page: int, thread
     page = min(max(page, 0), pages - 1)
     ctx.remember_setup_page(room_id, person_id, page)
     return Reply(cards.setup_guide_card(kb, page, thread_id, SETUP_PAGE_SIZE), "setup")
-
-
-async def reload_knowledge(ctx: BotContext, who: str) -> OutgoingMessage:
-    """Re-read KNOWLEDGE_DIR; keep the old knowledge on any error. Affects this replica (see README)."""
-    settings = ctx.settings
-    try:
-        # File reads and index building stay off the event loop.
-        new = await asyncio.to_thread(load_knowledge, settings.knowledge_dir, settings.link_overrides)
-        knowledge = await asyncio.to_thread(Knowledge.build, new)
-    except KnowledgeError as exc:
-        log.warning("knowledge reload by %s refused: %d problem(s)", who, len(exc.problems))
-        return cards.reload_failed([str(p) for p in exc.problems])
-    diff = diff_knowledge(ctx.knowledge.kb, new)
-    ctx.knowledge = knowledge
-    log.info(
-        "knowledge reloaded by %s: +%d -%d ~%d", who, len(diff.added), len(diff.removed), len(diff.changed)
-    )
-    return cards.reload_done(diff.added, diff.removed, diff.changed, len(new.articles))
 
 
 def _outcome_label(outcome: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Category = Literal[
     "sso",
@@ -38,6 +38,7 @@ KNOWLEDGE_FILES = (ERRORS_FILE, ARTICLES_FILE, SETUP_FILE, LINKS_FILE, SCOPE_FIL
 _WORD = r"[a-z0-9]+"
 Word = Annotated[str, Field(pattern=rf"^{_WORD}$", max_length=64)]
 WordForm = Annotated[str, Field(pattern=rf"^{_WORD}( {_WORD})*$", max_length=200)]
+DRAFT_MARK = "TODO"  # what a draft article (`gaps --draft`) leaves for the admin to write
 
 
 class _Strict(BaseModel):
@@ -75,6 +76,22 @@ class ArticleFile(_Strict):
     links: tuple[str, ...] = ()
     # Articles the steps point the reader to ("see the blank-screen steps"): the card gets a button to each.
     see_also: tuple[ArticleId, ...] = ()
+
+    @field_validator("summary", "steps")
+    @classmethod
+    def _written(cls, value: str | tuple[str, ...], info: ValidationInfo) -> str | tuple[str, ...]:
+        # A draft from `python -m bot gaps --draft` leaves these to the admin, marked TODO.
+        if isinstance(value, str):
+            if value.startswith(DRAFT_MARK):
+                raise ValueError(
+                    f"still a draft: the {info.field_name} says {DRAFT_MARK}; write the real one"
+                )
+            return value
+        todo = [str(n) for n, text in enumerate(value, 1) if text.startswith(DRAFT_MARK)]
+        if todo:
+            which = f"step {todo[0]} says" if len(todo) == 1 else f"steps {', '.join(todo)} say"
+            raise ValueError(f"still a draft: {which} {DRAFT_MARK}; write the real steps")
+        return value
 
 
 class SetupStepFile(_Strict):

@@ -44,6 +44,7 @@ class Message(WebexModel):
     mentioned_people: tuple[str, ...] = ()
     created: datetime | None = None
     attachments: tuple[dict[str, Any], ...] = ()
+    files: tuple[str, ...] = ()  # URLs of the uploaded files (one at most)
 
 
 class AttachmentAction(WebexModel):

@@ -121,9 +121,23 @@ class OutboxDeliverer:
                 return
             n = item.attempts
             retry_in = self.retry_schedule[n - 1] if n <= len(self.retry_schedule) else None
-            log.warning(
-                "ticket webhook %s failed (attempt %d): %s; retry in %s", item.event, n, error, retry_in
-            )
+            if retry_in is None:
+                # Loud: until an admin acts, this ticket's later events wait behind this one.
+                log.error(
+                    "ticket webhook gave up on %s for ticket %s (outbox %d) after %d attempts: %s; its later "
+                    "events wait: `python -m bot outbox list`, then `outbox retry %d` or `outbox drop %d`",
+                    item.event,
+                    item.ticket_id,
+                    item.id,
+                    n,
+                    error,
+                    item.id,
+                    item.id,
+                )
+            else:
+                log.warning(
+                    "ticket webhook %s failed (attempt %d): %s; retry in %s", item.event, n, error, retry_in
+                )
             await self.store.mark_outbox_failed(item.id, error, retry_in=retry_in)
         except StoreUnavailable as exc:
             log.warning("could not record outbox result for %d: %s", item.id, exc)

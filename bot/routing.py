@@ -54,7 +54,8 @@ _TICKETS = frozenset({"tickets", "open tickets", "list tickets", "show tickets",
 
 _STATS = re.compile(r"^(?:stats|statistics)(?: (?:for |last )?(\d{1,3}) ?(?:d|days?))?$")
 _RELOAD = frozenset({"reload knowledge", "reload", "knowledge reload", "reload the knowledge"})
-_UNMATCHED = frozenset({"unmatched", "gaps", "unanswered", "show unmatched"})
+_UNMATCHED = frozenset({"unmatched", "unanswered", "show unmatched"})
+_GAPS = re.compile(r"^(?:gaps|knowledge gaps|show gaps)(?: (?:for |last )?(\d{1,3}) ?(?:d|days?))?$")
 _NEXT = frozenset({"next", "next step", "next steps", "next page", "more"})
 _PREVIOUS = frozenset({"previous", "prev", "back", "previous step", "previous steps", "previous page"})
 
@@ -71,6 +72,7 @@ RouteKind = Literal[
     "ticket",
     "stats",
     "unmatched",
+    "gaps",
     "reload",
 ]
 
@@ -81,7 +83,7 @@ class Route:
     text: str
     step: int = 0  # setup guide: the 0-based step asked for
     ticket: str = ""  # "HD-1042" for the ticket route
-    days: int = 7  # the stats period
+    days: int = 7  # the stats and gaps period
 
 
 def bare_id(webex_id: str) -> str:
@@ -144,6 +146,9 @@ def route(text: str) -> Route:
         return Route("stats", text, days=min(365, max(1, int(stats.group(1) or 7))))
     if command in _UNMATCHED:
         return Route("unmatched", text)
+    gaps = _GAPS.match(command)
+    if gaps:
+        return Route("gaps", text, days=min(365, max(1, int(gaps.group(1) or 7))))
     if command in _RELOAD:
         return Route("reload", text)
     if command in _NEXT:

@@ -194,6 +194,23 @@ class WebexClient:
         reply = await self._call("POST", "/messages", "/messages", json_body=dict(body))
         return self._parse(Message, reply.body, "POST", "/messages", reply)
 
+    async def post_message_with_file(self, body: Mapping[str, Any], file: FileUpload) -> Message:
+        """POST /messages as multipart/form-data: the body's fields and one file, as Webex takes uploads."""
+        check_file_body(body, file)
+
+        def form() -> aiohttp.FormData:
+            # A FormData is spent once sent, so every attempt builds its own.
+            data = aiohttp.FormData()
+            for key, value in body.items():
+                data.add_field(key, str(value))
+            data.add_field("files", file.data, filename=file.filename, content_type=file.content_type)
+            return data
+
+        reply = await self._send(
+            "POST", self._url("/messages"), "/messages", "/messages", json_body=None, form=form
+        )
+        return self._parse(Message, reply.body, "POST", "/messages", reply)
+
     async def list_messages(
         self, *, room_id: str, parent_id: str | None = None, max: int = 50
     ) -> list[Message]:
@@ -334,6 +351,7 @@ class WebexClient:
         display: str,
         *,
         json_body: Mapping[str, Any] | None,
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> _Reply:
         """One logical call: retries 429, 5xx and transport failures, fails fast on other 4xx."""
         last_error: WebexError | None = None
@@ -343,6 +361,7 @@ class WebexClient:
                     method,
                     url,
                     json=json_body,
+                    data=form() if form is not None else None,
                     headers=self._headers,
                     timeout=aiohttp.ClientTimeout(total=self._timeout),
                 ) as resp:
@@ -468,6 +487,29 @@ class WebexClient:
 
 
 DESTINATIONS = ("roomId", "toPersonId", "toPersonEmail")
+# Webex's limit for one uploaded file; only one file goes with a message.
+MAX_FILE_BYTES = 100 * 1024 * 1024
+FILE_FIELDS = frozenset({*DESTINATIONS, "parentId", "text", "markdown"})
+
+
+@dataclass(frozen=True, slots=True)
+class FileUpload:
+    """A file for POST /messages (multipart): Webex shows images such as the stats chart inline."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def check_file_body(body: Mapping[str, Any], file: FileUpload) -> None:
+    """What Webex would refuse in an upload, refused here: the message checks, a card, an empty or huge file."""
+    check_message_body(body)
+    extra = sorted(set(body) - FILE_FIELDS)
+    if extra:
+        # Form fields are text: a card (attachments) travels as JSON, in a message of its own.
+        raise ValueError(f"an upload carries only text fields, not {', '.join(extra)}")
+    if not file.data or len(file.data) > MAX_FILE_BYTES:
+        raise ValueError(f"a file must have 1 to {MAX_FILE_BYTES} bytes, not {len(file.data)}")
 
 
 def check_message_body(body: Mapping[str, Any]) -> None:

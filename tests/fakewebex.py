@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.policy
 import hashlib
 import hmac
 import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from typing import Any, Literal
 
 import pytest_asyncio
@@ -22,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/v1"
 MAX_MESSAGE_BYTES = 7439
+MAX_FILE_BYTES = 100 * 1024 * 1024  # Webex's limit for one uploaded file
 ADAPTIVE_CARD_TYPE = "application/vnd.microsoft.card.adaptive"
 INVALID_TOKEN_MESSAGE = "The request requires a valid access token set in the Authorization request header."
 NOT_FOUND_MESSAGE = "The requested resource could not be found."
@@ -70,9 +73,20 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One file part of a multipart POST /messages."""
+
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class Recorded:
-    """One request as the fake saw it: `path` is relative to /v1, `status` None means the line was cut."""
+    """One request as the fake saw it: `path` is relative to /v1, `status` None means the line was cut.
+
+    A multipart body is in `form` (its text fields) and `files`, with `json` None."""
 
     method: str
     path: str
@@ -80,6 +94,29 @@ class Recorded:
     json: Any
     headers: dict[str, str]
     status: int | None = None
+    form: dict[str, str] | None = None
+    files: list[Upload] = field(default_factory=list)
+
+
+def _parse_form(content_type: str, raw: bytes) -> tuple[dict[str, str], list[Upload]] | None:
+    """A multipart/form-data body as its text fields and its files; None if it is not one."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    if not message.is_multipart():
+        return None
+    fields: dict[str, str] = {}
+    files: list[Upload] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            return None
+        if name == "files":
+            files.append(Upload(part.get_filename(), part.get_content_type(), payload))
+        else:
+            fields[name] = payload.decode("utf-8")
+    return fields, files
 
 
 @dataclass
@@ -108,7 +145,13 @@ def _matches(method: str, path_prefix: str, request_method: str, request_path: s
 class FakeWebex:
     """In-memory Webex. Every dict is keyed by REST id and holds exactly the JSON Webex would return."""
 
-    def __init__(self, *, token: str | None = None, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
         self.token = token or f"fake-token-{uuid.uuid4().hex}"
         self.org_id = webex_id("ORGANIZATION")
         self.app_id = webex_id("APPLICATION")
@@ -121,6 +164,10 @@ class FakeWebex:
         self.attachment_actions: dict[str, Json] = {}
         self.memberships: dict[str, Json] = {}
         self.webhooks: dict[str, Json] = {}
+        # Uploaded files by content id, served at /contents/{id} as Webex serves them.
+        self.contents: dict[str, Upload] = {}
+        # Webex takes files up to 100 MB; lower it to test the limit without sending 100 MB.
+        self.max_file_bytes = max_file_bytes
         self.requests: list[Recorded] = []
         self._faults: list[_Fault] = []
         self._delays: list[_Delay] = []
@@ -130,7 +177,8 @@ class FakeWebex:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> str:
-        app = web.Application(middlewares=[self._middleware])
+        # Room for the largest upload Webex takes, so the fake (not aiohttp) decides what is too large.
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_FILE_BYTES + 1024**2)
         app.router.add_routes(self._routes())
         # handler_cancellation: a client that gave up on a delayed call must not hold shutdown for a minute.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
@@ -329,9 +377,20 @@ class FakeWebex:
 
     @property
     def posted_messages(self) -> list[Json]:
-        """JSON bodies of the POST /messages calls that Webex accepted."""
+        """JSON bodies of the POST /messages calls that Webex accepted (uploads are in `uploads`)."""
         return [
-            r.json for r in self.requests if r.method == "POST" and r.path == "/messages" and r.status == 200
+            r.json
+            for r in self.requests
+            if r.method == "POST" and r.path == "/messages" and r.status == 200 and r.form is None
+        ]
+
+    @property
+    def uploads(self) -> list[Recorded]:
+        """The multipart POST /messages calls (a file with the message) that Webex accepted."""
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST" and r.path == "/messages" and r.status == 200 and r.form is not None
         ]
 
     # ---- fault injection -------------------------------------------------------------------------
@@ -396,12 +455,19 @@ class FakeWebex:
             body = _NO_BODY
         request[_BODY] = body
         path = request.path.removeprefix(API_PREFIX) or "/"
+        form = (
+            _parse_form(request.headers.get("Content-Type", ""), raw)
+            if request.content_type == "multipart/form-data"
+            else None
+        )
         record = Recorded(
             method=request.method,
             path=path,
             query=dict(request.query),
             json=None if body is _NO_BODY else body,
             headers=dict(request.headers),
+            form=form[0] if form else None,
+            files=form[1] if form else [],
         )
         self.requests.append(record)
 
@@ -496,6 +562,7 @@ class FakeWebex:
             web.put(f"{p}/webhooks/{{webhook_id}}", self._update_webhook),
             web.delete(f"{p}/webhooks/{{webhook_id}}", self._delete_webhook),
             web.get(f"{p}/rooms/{{room_id}}", self._get_room),
+            web.get(f"{p}/contents/{{content_id}}", self._get_content),
         ]
 
     def _json_object(self, request: web.Request) -> Json | None:
@@ -510,6 +577,16 @@ class FakeWebex:
         if person is None:
             return self._error(request, 404, NOT_FOUND_MESSAGE)
         return web.json_response(person)
+
+    async def _get_content(self, request: web.Request) -> web.Response:
+        upload = self.contents.get(request.match_info["content_id"])
+        if upload is None:
+            return self._error(request, 404, NOT_FOUND_MESSAGE)
+        return web.Response(
+            body=upload.data,
+            content_type=upload.content_type,
+            headers={"Content-Disposition": f'attachment; filename="{upload.filename or "file"}"'},
+        )
 
     async def _get_room(self, request: web.Request) -> web.Response:
         room = self.rooms.get(request.match_info["room_id"])
@@ -552,7 +629,20 @@ class FakeWebex:
         return self._page(request, found)
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        body = self._json_object(request)
+        upload: Upload | None = None
+        if request.content_type == "multipart/form-data":
+            form = _parse_form(request.headers.get("Content-Type", ""), await request.read())
+            if form is None:
+                return self._error(request, 400, "The multipart body could not be read.")
+            fields, uploads = form
+            if len(uploads) > 1:
+                return self._error(request, 400, "Only one file may be included with the message.")
+            if uploads and len(uploads[0].data) > self.max_file_bytes:
+                return self._error(request, 413, f"The file is larger than {self.max_file_bytes} bytes.")
+            upload = uploads[0] if uploads else None
+            body: Json | None = {**fields, **({"files": ["upload"]} if upload else {})}
+        else:
+            body = self._json_object(request)
         if body is None:
             return self._error(request, 400, "The request body must be a JSON object.")
         destinations = [key for key in ("roomId", "toPersonId", "toPersonEmail") if body.get(key)]
@@ -611,7 +701,11 @@ class FakeWebex:
             message["parentId"] = parent_id
         if attachments:
             message["attachments"] = attachments
-        if files:
+        if upload is not None:
+            content_id = webex_id("CONTENT")
+            self.contents[content_id] = upload
+            message["files"] = [f"{self.base_url}/contents/{content_id}"]
+        elif files:
             message["files"] = files
         if direct_to is not None:
             message["toPersonId"] = direct_to["id"]

@@ -282,6 +282,25 @@ async def test_without_the_renderer_the_page_says_what_to_run(
     assert not problems, problems
 
 
+async def test_the_stats_chart_shows_in_the_playground(
+    tmp_path: Path, renderer_home: Path, browser: Browser
+) -> None:
+    with run_server(tmp_path, renderer_home, ADMIN_EMAILS="you@example.com") as base:
+        page, problems = await open_playground(browser, base)
+        await ask(page, MESSAGE)
+        card = await ask(page, "stats")
+        await expect(card).to_contain_text("Messages triaged")
+        chart = page.locator("#log-employee .message.from-bot img.upload").last
+        await expect(chart).to_be_visible()
+        # Drawn, not a broken-image box: the PNG arrived and decoded at its size.
+        size = await chart.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+        assert size == [True, 800, 400], size
+        assert "per day: messages, confident answers" in (await chart.get_attribute("alt") or "")
+        await chart.scroll_into_view_if_needed()
+        await screenshot(page, "playground-stats-chart.png")
+        assert not problems, problems
+
+
 # Everything a person might type that Webex or the card renderer would turn into a link, a mention or markup.
 ECHOED = (
     "zorblax evil.example.com www.evil.io mailto:boss@evil.example javascript:alert(1) ~~struck~~ "

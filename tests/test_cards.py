@@ -50,9 +50,11 @@ from bot.cards.elements import (
     TextBlock,
 )
 from bot.cards.submit import AnswerInfoData, AskInfoData, FileTicketData, SubmitData
+from bot.gaps import find_gaps
 from bot.knowledge import Article, KnowledgeBase, Step
-from bot.store.records import Ticket
+from bot.store.records import GapQuestion, Stats, Ticket
 from bot.triage import Match, TriageIndex, TriageResult, triage
+from bot.triage.normalise import Lexicon
 
 from .conftest import SHARED
 
@@ -180,8 +182,48 @@ def all_messages(kb: KnowledgeBase, index: TriageIndex) -> list[tuple[str, Outgo
         ("feedback yes", feedback_ack(True, kb)),
         ("feedback no", feedback_ack(False, kb)),
         ("refusal", refusal("I only help people in example.com.")),
+        *admin_messages(kb),
     ]
     return out
+
+
+def admin_messages(kb: KnowledgeBase) -> list[tuple[str, OutgoingMessage]]:
+    """The admin builders, with the odd input each must survive (injections, long texts, many groups)."""
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    asked = [*INJECTIONS, "blank screen " * 200, "no sound from my headset", "printer jammed"]
+    questions = [
+        GapQuestion(text, "none" if n % 3 else "fix", "blank-screen" if n % 2 else None, n % 3 == 0, at)
+        for n, text in enumerate(asked * 3)
+    ]
+    gaps = find_gaps(questions, Lexicon.from_words(kb.words), limit=50)
+    stats = Stats(
+        100, 70, 10, 20, 9, 3, 5, 9, 40, [("1000:1002", 9)], [("blank-screen", 7)], 2, 60.0, None, 3, 7
+    )
+    return [
+        ("gaps", cards.gaps_card(gaps, 30, len(questions), kb)),
+        ("gaps none", cards.gaps_card([], 7, 0, kb)),
+        ("stats stuck deliveries", cards.stats_card(stats, 30, kb)),
+        (
+            "reload replicas",
+            cards.reload_done(["a"], [], ["b"], 49, replicas=(1, 3, ["<@all> x", "y" * 900])),
+        ),
+    ]
+
+
+def test_admin_cards_say_what_they_count(kb: KnowledgeBase) -> None:
+    messages = dict(admin_messages(kb))
+    stats = messages["stats stuck deliveries"].markdown
+    assert "**Stuck ITSM deliveries:** 3 gave up, holding back 7 later event(s)" in stats
+    assert "`python -m bot outbox list`" in stats
+    gaps = messages["gaps"]
+    assert gaps.card is not None and "<@all>" not in json.dumps(gaps.card) and "<@all>" not in gaps.markdown
+    assert (
+        "**1. " in gaps.markdown
+        and "The bot offered most: Sign-in to Webex shows a blank screen" in gaps.markdown
+    )
+    assert "None: every question got a confident answer" in messages["gaps none"].markdown
+    reload = messages["reload replicas"].markdown
+    assert "Replicas: 1 of 3 took it." in reload and "<@all>" not in reload
 
 
 # --- Every card the bot can send -----------------------------------------------------------------

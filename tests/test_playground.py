@@ -352,3 +352,23 @@ async def test_a_cache_of_another_major_version_is_fetched_again(tmp_path: Path)
         assert (await renderer_settled(client))["packages"]["adaptivecards"]["version"] == "3.0.6"
     finally:
         await client.close()
+
+
+async def test_stats_show_their_chart_in_the_playground(tmp_path: Path) -> None:
+    app = create_app(local_settings(tmp_path, admin_emails="you@example.com"), worker=FAST_WORKER)
+    app[RENDERER] = Renderer(cache_dir=tmp_path / "cache", npm=str(tmp_path / "no-such-npm"))
+    client = await start(app)
+    try:
+        await say(client, "Error: 1000:1002")
+        await bot_messages(client, 1)
+        await say(client, "stats 7d")
+        card, chart = (await bot_messages(client, 3))[1:]
+        assert "Messages triaged:** 1" in card["markdown"]
+        assert "per day: messages, confident answers" in chart["markdown"] and not chart["attachments"]
+        [url] = chart["files"]
+        resp = await client.get(url)
+        assert resp.status == 200 and resp.content_type == "image/png"
+        assert (await resp.read()).startswith(b"\x89PNG\r\n\x1a\n")
+        assert (await client.get("/local/files/no-such-file")).status == 404
+    finally:
+        await client.close()

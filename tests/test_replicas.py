@@ -1,19 +1,23 @@
-"""Two replicas of the app on one PostgreSQL database and one (fake) Webex: one effect per event and per click."""
+"""Two replicas of the app on one PostgreSQL database and one (fake) Webex: one effect per event and per click,
+and a knowledge reload on one reaches the other."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.keys import CONTEXT
 from bot.store import Store
+from tests.conftest import KNOWLEDGE_DIR
 from tests.fakewebex import FakeWebex
 from tests.harness import FAST_WORKER, Bot, make_settings, verb
 from tests.procs import Receiver, bot_messages, fresh_pg_database, pg_fetch, pg_url, until, until_async
@@ -197,3 +201,62 @@ async def test_outbox_with_two_replicas_delivers_each_event_once_in_order(
         assert receiver.max_in_flight >= 2
     finally:
         await receiver.close()
+
+
+async def test_reload_knowledge_on_one_replica_reloads_the_other_and_counts_them(
+    fake_webex: FakeWebex, world: dict[str, Any], database: str, tmp_path: Path
+) -> None:
+    folders = {name: tmp_path / name for name in ("a", "b")}
+    for folder in folders.values():
+        shutil.copytree(KNOWLEDGE_DIR, folder)
+    ada = fake_webex.add_person("ada@example.com", "Ada Admin")
+    ada_room = fake_webex.add_room("direct", "Ada")
+    common = {"admin_emails": "ada@example.com", "replica_check_seconds": 0.2}
+    a_settings = make_settings(fake_webex, pg_url(database), knowledge_dir=folders["a"], **common)
+    b_settings = make_settings(fake_webex, pg_url(database), knowledge_dir=folders["b"], **common)
+
+    async def reload_on(bot: Bot) -> str:
+        ask = fake_webex.add_message(ada_room["id"], ada, "reload knowledge")
+        assert (await bot.post(fake_webex.message_created_envelope(ask))).status == 200
+        await until(
+            lambda: "Knowledge" in (fake_webex.posted_messages or [{}])[-1].get("markdown", ""),
+            20,
+            "the reply",
+        )
+        markdown: str = fake_webex.posted_messages[-1]["markdown"]
+        return markdown
+
+    def first_step(bot: Bot) -> str:
+        return bot.app[CONTEXT].knowledge.kb.articles["okta-saml-setup"].steps[0].text
+
+    async with Bot(fake_webex, a_settings) as a, Bot(fake_webex, b_settings) as b:
+        for folder in folders.values():  # the same edit deployed to both
+            setup = folder / "setup.toml"
+            setup.write_text(setup.read_text().replace('detail = "', 'detail = "First: ', 1))
+        reply = await reload_on(a)
+        assert "Knowledge reloaded" in reply and "okta-saml-setup" in reply
+        assert "Replicas: 2 of 2 took it." in reply, reply
+        # B reloaded without being asked, and answers from the new knowledge.
+        assert first_step(b).startswith("First: ") and first_step(a).startswith("First: ")
+        answer = fake_webex.add_message(world["sales"], world["alice"], "okta setup")
+        assert (await b.post(fake_webex.message_created_envelope(answer))).status == 200
+        await until(lambda: bool(bot_messages(fake_webex, parent_id=answer["id"])), 10, "B's answer")
+        assert "First: " in bot_messages(fake_webex, parent_id=answer["id"])[0]["markdown"]
+
+        # B's files break; A's are fine: A reloads, B keeps what it had and says why.
+        errors = folders["b"] / "errors.toml"
+        errors.write_text(errors.read_text().replace('category = "sso"', 'category = "telepathy"', 1))
+        setup = folders["a"] / "setup.toml"
+        setup.write_text(setup.read_text().replace('detail = "First: ', 'detail = "Second: ', 1))
+        reply = await reload_on(a)
+        assert "Replicas: 1 of 2 took it." in reply, reply
+        assert (
+            "kept its old knowledge: 6 problems, the first: errors.toml: error［10］ （1000:400）: category"
+            in reply
+        )
+        assert first_step(a).startswith("Second: ") and first_step(b).startswith("First: ")
+        versions = await pg_fetch(database, "SELECT knowledge_version, knowledge_error FROM replicas")
+        assert sorted(r["knowledge_version"] for r in versions) == [2, 2]
+        assert sum(r["knowledge_error"] is not None for r in versions) == 1
+    # A clean stop leaves the count.
+    assert await pg_fetch(database, "SELECT replica_id FROM replicas") == []

@@ -102,3 +102,20 @@ def test_a_router_refuses_two_handlers_for_one_key() -> None:
     with pytest.raises(ValueError, match="already has a handler"):
         router.register("a")(2)
     assert Router(router).get("a") == 1 and router.get("b") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "days"),
+    [
+        ("gaps", "gaps", 7),
+        ("Gaps 30d", "gaps", 30),
+        ("knowledge gaps last 14 days", "gaps", 14),
+        ("gaps 999d", "gaps", 365),
+        ("unmatched", "unmatched", 7),
+        ("stats 30d", "stats", 30),
+        ("mind the gaps in my screen", "triage", 7),
+    ],
+)
+def test_gaps_has_its_own_route_with_a_period(text: str, kind: str, days: int) -> None:
+    r = route(text)
+    assert (r.kind, r.days) == (kind, days)

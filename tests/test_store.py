@@ -169,7 +169,7 @@ async def test_concurrent_and_repeated_opens_leave_one_version_row(db_url: str, 
         await opened.close()
     third = await Store.open(db_url, now=clock)
     await third.close()
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert await fetch_all(db_url, text("SELECT version FROM schema_version")) == [(SCHEMA_VERSION,)]
 
 
@@ -333,7 +333,7 @@ async def test_version_1_database_upgrades_in_place(db_url: str, clock: Clock, t
     try:
         await upgraded[1].close()
         versions = await fetch_all(db_url, text("SELECT version FROM schema_version ORDER BY 1"))
-        assert versions == [(1,), (2,), (3,), (4,)]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
         old = await store.get_triage("old")
         assert old is not None
         assert (old.text, old.codes, old.thread_id, old.created_at) == (

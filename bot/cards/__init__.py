@@ -1,6 +1,13 @@
 """Pure message building: a triage result or bot outcome in, Webex markdown plus an Adaptive Card out."""
 
-from bot.cards.admin import reload_done, reload_failed, stats_card, stats_lines, unmatched_list
+from bot.cards.admin import (
+    gaps_card,
+    reload_done,
+    reload_failed,
+    stats_card,
+    stats_lines,
+    unmatched_list,
+)
 from bot.cards.answers import (
     ADMIN_NOTE,
     article_card,
@@ -71,6 +78,7 @@ __all__ = [
     "escape_user_text",
     "feedback_ack",
     "fix_card",
+    "gaps_card",
     "help_card",
     "info_request_card",
     "not_sure_card",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.cards.draft import Budget, Draft, OutgoingMessage, fit, text_message
 from bot.cards.escape import escape_user_text
 from bot.knowledge import KnowledgeBase
 from bot.store.records import Stats, TriageRecord  # plain frozen dataclasses: no I/O, no SQLAlchemy
+
+if TYPE_CHECKING:
+    from bot.gaps import Gap
 
 
 def _pct(part: int, whole: int) -> str:
@@ -47,6 +51,7 @@ def stats_lines(stats: Stats, days: int, kb: KnowledgeBase) -> list[tuple[str, s
         ("Open tickets now", str(stats.open_tickets)),
         ("Median time to claim", _duration(stats.median_claim_seconds)),
         ("Median time to resolve", _duration(stats.median_resolve_seconds)),
+        ("Stuck ITSM deliveries", _stuck(stats)),
         ("Top error codes", ", ".join(f"{c} ×{n}" for c, n in stats.top_codes) or "–"),
         (
             "Top articles",
@@ -56,6 +61,13 @@ def stats_lines(stats: Stats, days: int, kb: KnowledgeBase) -> list[tuple[str, s
             or "–",
         ),
     ]
+
+
+def _stuck(stats: Stats) -> str:
+    if not stats.dead_deliveries:
+        return "none"
+    held = f", holding back {stats.held_deliveries} later event(s)" if stats.held_deliveries else ""
+    return f"{stats.dead_deliveries} gave up{held}: see `python -m bot outbox list`"
 
 
 def stats_card(stats: Stats, days: int, kb: KnowledgeBase) -> OutgoingMessage:
@@ -78,6 +90,44 @@ def unmatched_list(records: Sequence[TriageRecord]) -> OutgoingMessage:
     return text_message("**Unmatched questions** (newest first, secrets redacted)\n\n" + "\n".join(lines))
 
 
+def gaps_card(gaps: Sequence[Gap], days: int, questions: int, kb: KnowledgeBase) -> OutgoingMessage:
+    """The largest groups of similar questions the knowledge did not answer (examples redacted and escaped)."""
+    period = f"last {days} day{'s' if days != 1 else ''}"
+    if not gaps:
+        return text_message(
+            f"**Knowledge gaps, {period}**\n\nNone: every question got a confident answer, and nobody said "
+            "“No, still stuck”."
+        )
+
+    def compose(budget: Budget) -> OutgoingMessage:
+        d = Draft(budget)
+        d.heading(f"Knowledge gaps, {period}")
+        d.para(
+            f"{questions} question{'s' if questions != 1 else ''} without a confident answer or with "
+            f"“No, still stuck”. The {len(gaps)} largest group{'s' if len(gaps) != 1 else ''} of similar ones:",
+            clip=False,
+        )
+        for n, gap in enumerate(gaps[: budget.items], 1):
+            stuck = f", {gap.stuck} “No, still stuck”" if gap.stuck else ""
+            d.subheading(f"{n}. {gap.count} question{'s' if gap.count != 1 else ''}{stuck}")
+            d.bullets([f"“{escape_user_text(text, 160)}”" for text in gap.examples()], noun="line")
+            if gap.offered:
+                article = kb.articles.get(gap.offered)
+                name = article.code or article.title if article else gap.offered
+                d.para(f"The bot offered most: {name} [{gap.offered}] ×{gap.offered_count}", subtle=True)
+            else:
+                d.para("The bot had no article to offer.", subtle=True)
+        d.para(
+            f"Draft articles for these: `python -m bot gaps {days}d --draft DIR`, then fill in the TODOs.",
+            subtle=True,
+            separator=True,
+            clip=False,
+        )
+        return d.message()
+
+    return fit(compose)
+
+
 def reload_failed(problems: Sequence[str]) -> OutgoingMessage:
     shown = [f"- {escape_user_text(p, 300)}" for p in problems[:20]]
     more = f"\n\n…and {len(problems) - 20} more." if len(problems) > 20 else ""
@@ -89,12 +139,25 @@ def reload_failed(problems: Sequence[str]) -> OutgoingMessage:
 
 
 def reload_done(
-    added: Sequence[str], removed: Sequence[str], changed: Sequence[str], total: int
+    added: Sequence[str],
+    removed: Sequence[str],
+    changed: Sequence[str],
+    total: int,
+    *,
+    replicas: tuple[int, int, Sequence[str]] | None = None,
 ) -> OutgoingMessage:
+    """The reload's changes; `replicas` is (took it, running, notes on the others) when they were counted."""
     if not (added or removed or changed):
-        return text_message(f"**Knowledge reloaded**: no changes ({total} articles).")
-    parts = [f"**Knowledge reloaded**: {total} articles."]
+        parts = [f"**Knowledge reloaded**: no changes ({total} articles)."]
+    else:
+        parts = [f"**Knowledge reloaded**: {total} articles."]
     for label, ids in (("Added", added), ("Removed", removed), ("Changed", changed)):
         if ids:
             parts.append(f"{label} ({len(ids)}): " + ", ".join(ids[:40]) + (" …" if len(ids) > 40 else ""))
+    if replicas is not None:
+        took, live, notes = replicas
+        parts.append(
+            f"Replicas: {took} of {live} took it."
+            + "".join(f"\n- {escape_user_text(n, 300)}" for n in notes[:10])
+        )
     return text_message("\n\n".join(parts))

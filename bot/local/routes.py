@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bot import cards
 from bot.keys import CONTEXT, INBOX, LOCAL, RENDERER, WORKER
 from bot.local.renderer import Renderer, default_cache_dir
-from bot.local.transport import AGENT_EMAIL, EMPLOYEE_EMAIL, LOCAL_HELPDESK_ROOM, LocalWebex
+from bot.local.transport import AGENT_EMAIL, EMPLOYEE_EMAIL, FILES_PATH, LOCAL_HELPDESK_ROOM, LocalWebex
 from bot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def add_local_routes(app: web.Application, *, renderer: Renderer | None = None) 
     app.router.add_get("/local/articles", list_articles)
     app.router.add_get("/local/articles/{article_id}/card", article_card)
     app.router.add_get("/local/renderer", renderer_status)
+    app.router.add_get(FILES_PATH + "{file_id}", uploaded_file)
     app.router.add_get("/vendor/{name}", vendor_file)
     app.cleanup_ctx.append(_renderer_lifetime)
     app.on_shutdown.append(_release_long_polls)
@@ -206,6 +207,19 @@ async def article_card(request: web.Request) -> web.Response:
         return web.json_response({"error": "no such article"}, status=404)
     message = cards.article_card(article, kb, thread_id="preview")
     return web.json_response({"id": article.id, "markdown": message.markdown, "card": message.card})
+
+
+async def uploaded_file(request: web.Request) -> web.Response:
+    """A file the bot posted (the stats chart), as Webex would serve it to a client."""
+    file = _local(request).files.get(request.match_info["file_id"])
+    if file is None:
+        return web.json_response({"error": "no such file"}, status=404)
+    disposition = f'inline; filename="{file.filename}"'
+    return web.Response(
+        body=file.data,
+        content_type=file.content_type,
+        headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def renderer_status(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bot.models import AttachmentAction, Message, Person
-from bot.webex import WebexBadRequest, WebexNotFound
+from bot.webex import FileUpload, WebexBadRequest, WebexNotFound, check_file_body
 
 RoomType = Literal["direct", "group"]
 
@@ -24,6 +24,7 @@ PERSON_PREFIX = "local-person-"
 DISPLAY_NAMES = {EMPLOYEE_EMAIL: "Sam Employee", AGENT_EMAIL: "Alex Agent"}
 # The same bound Webex puts on text/markdown, so the playground refuses what Webex would refuse.
 MAX_MARKDOWN_BYTES = 7439
+FILES_PATH = "/local/files/"  # where the local routes serve uploaded files
 
 
 def person_id(email: str) -> str:
@@ -52,6 +53,7 @@ class LocalWebex:
         )
         self.messages: dict[str, Message] = {}
         self.actions: dict[str, AttachmentAction] = {}
+        self.files: dict[str, FileUpload] = {}  # uploads by id (the stats chart), kept while the process runs
         self.members: set[tuple[str, str]] = set()
         self.rooms: dict[str, RoomType] = {LOCAL_HELPDESK_ROOM: "group"}
         self._direct: dict[str, str] = {}
@@ -134,6 +136,19 @@ class LocalWebex:
         return (room_id, person_id) in self.members
 
     async def post_message(self, body: Mapping[str, Any]) -> Message:
+        return self._post(body, ())
+
+    async def post_message_with_file(self, body: Mapping[str, Any], file: FileUpload) -> Message:
+        """An upload as Webex takes it (text fields and one file); the playground shows it from FILES_PATH."""
+        try:
+            check_file_body(body, file)
+        except ValueError as exc:
+            raise self._bad_request(str(exc)) from None
+        file_id = self._id("file")
+        self.files[file_id] = file
+        return self._post(body, (f"{FILES_PATH}{file_id}",))
+
+    def _post(self, body: Mapping[str, Any], files: Sequence[str]) -> Message:
         room = self._destination(body.get("roomId"), body.get("toPersonId"), body.get("toPersonEmail"))
         text, markdown = body.get("text"), body.get("markdown")
         parent_id, attachments = body.get("parentId"), body.get("attachments")
@@ -162,6 +177,7 @@ class LocalWebex:
                 "parentId": parent_id,
                 "created": _now(),
                 "attachments": [dict(a) for a in attachments or ()],
+                "files": list(files),
             }
         )
         return message

@@ -13,7 +13,7 @@ from sqlalchemy.sql import ColumnElement, TableValuedAlias
 
 from bot.store.base import StoreBase
 from bot.store.records import MAX_LOGGED_TEXT, Stats, TriageRecord, transcript_entry
-from bot.store.schema import feedback, messages_log, read_triage, tickets, triage
+from bot.store.schema import feedback, messages_log, outbox, read_triage, tickets, triage
 
 CONFIDENT = "fix"
 TOP_N = 10
@@ -152,8 +152,25 @@ class ConversationStore(StoreBase):
         )
         escalations = select(count).select_from(tickets).where(tickets.c.created_at >= since)
         open_tickets = select(count).select_from(tickets).where(tickets.c.status.in_(("open", "claimed")))
-        timings = select(tickets.c.created_at, tickets.c.claimed_at, tickets.c.resolved_at).where(
+        # The first claim: a reopened ticket's claimed_at is empty until someone claims it again.
+        timings = select(tickets.c.created_at, tickets.c.first_claimed_at, tickets.c.resolved_at).where(
             tickets.c.created_at >= since
+        )
+        dead = select(count).select_from(outbox).where(outbox.c.status == "dead")
+        earlier = outbox.alias("earlier")
+        held = (
+            select(count)
+            .select_from(outbox)
+            .where(
+                outbox.c.status == "pending",
+                select(earlier.c.id)
+                .where(
+                    earlier.c.ticket_id == outbox.c.ticket_id,
+                    earlier.c.status == "dead",
+                    earlier.c.sequence < outbox.c.sequence,
+                )
+                .exists(),
+            )
         )
         async with self._begin() as conn:
             by_outcome: dict[str, int] = {outcome: n for outcome, n in (await conn.execute(outcomes)).all()}
@@ -164,6 +181,8 @@ class ConversationStore(StoreBase):
             escalated = (await conn.execute(escalations)).scalar_one()
             still_open = (await conn.execute(open_tickets)).scalar_one()
             times = (await conn.execute(timings)).all()
+            dead_items = (await conn.execute(dead)).scalar_one()
+            held_items = (await conn.execute(held)).scalar_one()
         total = sum(by_outcome.values())
         return Stats(
             messages_triaged=total,
@@ -179,8 +198,10 @@ class ConversationStore(StoreBase):
             top_codes=codes,
             top_articles=articles,
             open_tickets=still_open,
-            median_claim_seconds=_median_seconds((row.created_at, row.claimed_at) for row in times),
+            median_claim_seconds=_median_seconds((row.created_at, row.first_claimed_at) for row in times),
             median_resolve_seconds=_median_seconds((row.created_at, row.resolved_at) for row in times),
+            dead_deliveries=dead_items,
+            held_deliveries=held_items,
         )
 
     def _json_array_items(self, column: ColumnElement[Any]) -> TableValuedAlias:

@@ -135,7 +135,36 @@ UPGRADE_TO_V4: list[UpgradeStatement] = [
     "UPDATE tickets SET reply_parent = thread_id",
 ]
 
-UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2, UPGRADE_TO_V3, UPGRADE_TO_V4]
+# A ticket's first claim survives a reopen (the stats' time to claim), recovered for tickets already reopened
+# from their ticket.claimed event where the outbox still has it; and the replicas' knowledge versions.
+UPGRADE_TO_V5: list[UpgradeStatement] = [
+    _each_backend("ALTER TABLE tickets ADD COLUMN first_claimed_at {timestamp}"),
+    """UPDATE tickets SET first_claimed_at = COALESCE(claimed_at, (
+        SELECT MIN(outbox.created_at) FROM outbox
+        WHERE outbox.ticket_id = tickets.id AND outbox.event = 'ticket.claimed'))""",
+    _each_backend(
+        """CREATE TABLE replicas (
+            replica_id VARCHAR(255) NOT NULL,
+            started_at {timestamp} NOT NULL,
+            last_seen {timestamp} NOT NULL,
+            knowledge_version INTEGER NOT NULL,
+            knowledge_fingerprint VARCHAR(64) NOT NULL,
+            articles INTEGER NOT NULL,
+            knowledge_error TEXT,
+            CONSTRAINT pk_replicas PRIMARY KEY (replica_id))"""
+    ),
+    _each_backend(
+        """CREATE TABLE knowledge_state (
+            id INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            changed_at {timestamp} NOT NULL,
+            changed_by VARCHAR(320) NOT NULL,
+            CONSTRAINT pk_knowledge_state PRIMARY KEY (id),
+            CONSTRAINT ck_knowledge_state_one_row CHECK (id = 1))"""
+    ),
+]
+
+UPGRADES: list[list[UpgradeStatement]] = [UPGRADE_TO_V2, UPGRADE_TO_V3, UPGRADE_TO_V4, UPGRADE_TO_V5]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 STATUSES = ("pending", "working", "done", "failed", "dead")
@@ -133,6 +133,61 @@ class Stats:
     open_tickets: int
     median_claim_seconds: float | None
     median_resolve_seconds: float | None
+    # ITSM deliveries that gave up, and the later events of their tickets that wait behind them (now, not
+    # over the period: `python -m bot outbox` revives or drops them).
+    dead_deliveries: int = 0
+    held_deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class DayCounts:
+    """One day (UTC) of the stats chart."""
+
+    day: date
+    messages: int
+    confident: int
+    helpful: int
+    escalations: int
+
+
+@dataclass(frozen=True)
+class GapQuestion:
+    """A question the knowledge did not answer: no confident answer, or "No, still stuck" on the one given."""
+
+    text: str
+    outcome: str
+    # The article the bot put forward (the answer voted down, or the best of "which of these?"), if any.
+    offered: str | None
+    stuck: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeadDelivery:
+    """An ITSM delivery that gave up, with what waits behind it."""
+
+    id: int
+    ticket_number: str
+    event: str
+    sequence: int
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime
+    held: int  # later events of the same ticket that wait for this one
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One running process of the bot, as its heartbeat last reported it."""
+
+    replica_id: str
+    started_at: datetime
+    last_seen: datetime
+    knowledge_version: int
+    knowledge_fingerprint: str
+    articles: int
+    knowledge_error: str | None
 
 
 def ticket_payload(ticket: Ticket) -> dict[str, Any]:

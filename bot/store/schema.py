@@ -185,6 +185,9 @@ tickets = Table(
     # Where notices to the requester go: their thread in a group space, None (plain) in a direct one. Last,
     # where version 4's ALTER TABLE put it.
     Column("reply_parent", String(255)),
+    # When the ticket was first claimed: a reopen clears claimed_at (the current round), not this, so the time
+    # to claim in the stats stays true. Last, where version 5's ALTER TABLE put it.
+    Column("first_claimed_at", UtcDateTime),
     _status_in(TICKET_STATUSES),
     Index(None, "status", "created_at"),
     Index(None, "requester_id", "created_at"),
@@ -235,6 +238,33 @@ event_effects = Table(
     Column("step", String(64), primary_key=True),
     Column("message_id", String(255), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+
+# One row per running process of the bot, kept fresh by its heartbeat: which knowledge version it has loaded,
+# so that `reload knowledge` on one replica can count the others that took it.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("replica_id", String(255), primary_key=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("knowledge_version", Integer, nullable=False),
+    Column("knowledge_fingerprint", String(64), nullable=False),
+    Column("articles", Integer, nullable=False),
+    # Why the replica kept its old knowledge at knowledge_version (its files did not load), else NULL.
+    Column("knowledge_error", Text),
+)
+
+# The knowledge version every replica should have loaded: one row, bumped by each successful reload.
+knowledge_state = Table(
+    "knowledge_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("changed_at", UtcDateTime, nullable=False),
+    Column("changed_by", String(320), nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
 )
 
 

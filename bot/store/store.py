@@ -13,10 +13,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql import ColumnElement
 
+from bot.store.admin import AdminStore
 from bot.store.base import TIMEOUT_SECONDS, StoreUnavailable
 from bot.store.conversations import ConversationStore
 from bot.store.inbox import InboxStore
 from bot.store.migrations import migrate
+from bot.store.replicas import ReplicaStore
 from bot.store.schema import event_effects, inbox, messages_log, outbox, schema_version
 from bot.store.sqlite import configure_sqlite, enable_wal, write_and_checkpoint
 from bot.store.tickets import TicketStore
@@ -61,7 +63,7 @@ def async_url(url: str) -> URL:
     raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
 
 
-class Store(InboxStore, ConversationStore, TicketStore):
+class Store(InboxStore, ConversationStore, TicketStore, AdminStore, ReplicaStore):
     """The bot's one persistence interface; the URL picks the backend."""
 
     @classmethod

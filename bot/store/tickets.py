@@ -165,6 +165,7 @@ class TicketStore(StoreBase):
                 "assignee_id": assignee_id,
                 "assignee_name": assignee_name,
                 "claimed_at": now,
+                "first_claimed_at": func.coalesce(tickets.c.first_claimed_at, literal(now, UtcDateTime)),
             },
             actor_id=assignee_id,
             actor_name=assignee_name,
@@ -189,6 +190,7 @@ class TicketStore(StoreBase):
                 "assignee_name": case((unassigned, by_name), else_=tickets.c.assignee_name),
                 # Typed, so the bind goes through UtcDateTime like every other time the store writes.
                 "claimed_at": func.coalesce(tickets.c.claimed_at, literal(now, UtcDateTime)),
+                "first_claimed_at": func.coalesce(tickets.c.first_claimed_at, literal(now, UtcDateTime)),
             },
             actor_id=by_id,
             actor_name=by_name,
@@ -206,7 +208,8 @@ class TicketStore(StoreBase):
                 "status": "open",
                 "assignee_id": None,
                 "assignee_name": None,
-                # The claim and resolve times describe the current round, which starts again now.
+                # The claim and resolve times describe the current round, which starts again now
+                # (first_claimed_at keeps the first claim for the stats).
                 "claimed_at": None,
                 "resolved_at": None,
                 "reopened": tickets.c.reopened + 1,

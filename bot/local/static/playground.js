@@ -208,6 +208,12 @@
       } else {
         body.push(el("div", { className: "text", textContent: text }));
       }
+      // Files the bot uploaded (the stats chart), shown inline as Webex shows images; only the bot's own.
+      for (const url of message.files || []) {
+        if (url.startsWith("/local/files/")) {
+          body.push(el("img", { className: "upload", src: url, alt: text || "a file the bot sent", loading: "lazy" }));
+        }
+      }
       item.replaceChildren(...body);
     }
 
