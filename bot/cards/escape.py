@@ -55,8 +55,10 @@ def shorten(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.-") + "…"
 
 
-def escape_user_text(s: str, max_len: int) -> str:
-    """User text made inert for Webex markdown and card text: one line, no markup, at most `max_len` characters."""
+def escape_user_text(s: str, max_len: int, *, defang: bool = True) -> str:
+    """User text made inert for Webex markdown and card text: one line, no markup, at most `max_len` characters.
+
+    defang=False leaves domains and schemes as they are, for the bot's own text about its files ("errors.toml")."""
     # Drop control and format characters (zero-width spaces, bidi overrides) *before* matching @all,
     # so "@\u200ball" cannot reassemble into a mention after we have looked.
     visible = "".join(
@@ -67,8 +69,9 @@ def escape_user_text(s: str, max_len: int) -> str:
     text = _WHITESPACE.sub(" ", visible).strip().translate(_NEUTRAL)
     text = _ENTITY_START.sub("& ", text)
     text = _AT_ALL.sub("@\u00a0", text)
-    text = _SCHEME.sub(r"\1(:)", text)
-    text = _DOMAIN_DOT.sub("(.)", text)
+    if defang:
+        text = _SCHEME.sub(r"\1(:)", text)
+        text = _DOMAIN_DOT.sub("(.)", text)
     text = _BLOCK_START.sub("\u00a0", text)
     # Cutting characters off the end cannot create any of the tokens above.
     return shorten(text, max_len)
