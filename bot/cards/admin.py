@@ -159,6 +159,6 @@ def reload_done(
         took, live, notes = replicas
         parts.append(
             f"Replicas: {took} of {live} took it."
-            + "".join(f"\n- {escape_user_text(n, 300)}" for n in notes[:10])
+            + "".join(f"\n- {escape_user_text(n, 300, defang=False)}" for n in notes[:10])
         )
     return text_message("\n\n".join(parts))
