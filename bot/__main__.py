@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from bot.admin_cli import add_admin_commands
 from bot.config import Settings, describe_settings_error
 from bot.context import Knowledge
 from bot.knowledge import KnowledgeBase, KnowledgeError, load_knowledge
+from bot.logs import configure_logging
 from bot.triage import LANGS, TriageResult, message_language, triage
 
 if TYPE_CHECKING:  # the commands import the store lazily: `ask` starts without SQLAlchemy
@@ -137,15 +139,57 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.warning(
             "!!! --insecure-no-signature: webhook signatures are NOT checked; anyone can post events !!!"
         )
+    from bot.listen import listen
+    from bot.store import DatabaseLost
+
+    _raise_file_limit(log)
     try:
-        # Bound before anything starts: a busy port is the first thing said, and the only one.
-        sockets = startup.bind(settings.host, settings.port)
+        # Bound before anything starts: a busy port is the first thing said, and the only one. The listener
+        # caps open connections (MAX_CONNECTIONS), so slow clients cannot take every descriptor.
+        try:
+            sock = listen(settings.host, settings.port, settings.max_connections)
+        except socket.gaierror as exc:
+            raise startup.StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: HOST {settings.host!r} is not a known "
+                f"address ({exc.strerror})"
+            ) from exc
+        except OSError as exc:
+            raise startup.StartupError(
+                startup.bind_problem(f"{settings.host}:{settings.port}", settings.port, exc)
+            ) from exc
         # The start-up log names the one address to open (aiohttp's own banner would add a second).
-        web.run_app(create_app(settings), sock=sockets, access_log=None, shutdown_timeout=15.0, print=None)
-    except startup.StartupError as exc:
+        web.run_app(
+            create_app(settings),
+            sock=sock,
+            access_log=None,
+            shutdown_timeout=15.0,
+            # Also how long a new connection may take to send its first request's headers: aiohttp closes
+            # one still without a whole request then, so half-sent requests cannot pile up.
+            keepalive_timeout=HEADER_TIMEOUT_SECONDS,
+            print=None,
+        )
+    except (startup.StartupError, DatabaseLost) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
+
+
+HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def _raise_file_limit(log: logging.Logger) -> None:
+    """The common soft limit of 1,024 descriptors is a few hundred slow clients; the hard limit is what the
+    machine allows this process, so take it all."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+            return
+        log.info("open-file limit raised from %d to %s", soft, "unlimited" if hard < 0 else hard)
 
 
 def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
@@ -313,9 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"configuration error: {describe_settings_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     try:
         code: int = args.func(args, settings)
     except KnowledgeError as exc:

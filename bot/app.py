@@ -27,7 +27,7 @@ from bot.outbox import OutboxDeliverer, OutboxOptions
 from bot.registration import watch_webhooks
 from bot.replicas import ReplicaSync
 from bot.startup import StartupError, database_problem, knowledge_problem, token_problem
-from bot.store import InboxEvent, Store, StoreUnavailable
+from bot.store import DatabaseLost, InboxEvent, Store, StoreUnavailable
 from bot.webex import WebexAuthError, WebexClient, WebexError, WebexNotFound
 from bot.webhook import MAX_BODY_BYTES, receive_webhook
 from bot.websocket import SocketOptions, WebsocketInbound
@@ -36,6 +36,7 @@ from bot.worker import Worker, WorkerOptions
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+DATABASE_CHECK_SECONDS = 10.0
 WEBHOOK_CHECK_SECONDS = 300.0
 # How long the start waits for Webex to answer GET /people/me, so that a refused token stops it at once.
 IDENTITY_WAIT_SECONDS = 5.0
@@ -78,7 +79,10 @@ def _context(
         except KnowledgeError as exc:
             raise StartupError(knowledge_problem(settings.knowledge_dir, exc)) from exc
         try:
-            store = await Store.open(settings.database_url)
+            # In local mode a deleted playground database is simply made again; in Webex mode that is an error.
+            store = await Store.open(settings.database_url, refuse_lost_file=not settings.local_mode)
+        except DatabaseLost:
+            raise  # its own message says what happened and how to start afresh
         except Exception as exc:  # whatever the driver raises, the person needs the one reason
             raise StartupError(database_problem(settings.database_url, exc)) from exc
         metrics = Metrics()
@@ -139,7 +143,10 @@ def _context(
             )
             outbox.start()
         identity = asyncio.create_task(_learn_identity(ctx, worker), name="identity")
-        background = [identity]
+        background = [
+            identity,
+            asyncio.create_task(_watch_database(store, DATABASE_CHECK_SECONDS), name="database-watch"),
+        ]
         if settings.retention_days > 0:
             background.append(
                 asyncio.create_task(
@@ -253,6 +260,24 @@ async def _learn_identity(ctx: BotContext, worker: Worker) -> None:
         return
 
 
+async def _watch_database(store: Store, interval: float) -> None:
+    """A database that cannot be written stops the bot taking work (webhooks answer 503, so Webex keeps the
+    events), loudly, until it can again."""
+    while True:
+        was = store.broken
+        try:
+            await store.check_health()
+        except StoreUnavailable as exc:
+            if was is None:
+                log.critical("the database cannot take work; refusing webhooks (503) until it can: %s", exc)
+        except Exception:
+            log.exception("database health check failed unexpectedly")
+        else:
+            if was is not None:
+                log.warning("the database takes work again; accepting webhooks")
+        await asyncio.sleep(interval)
+
+
 async def _purge_periodically(store: Store, keep: timedelta, interval: float) -> None:
     """Retention: without it the database grows by every event for ever (about 3 KB each on SQLite)."""
     while True:
@@ -291,6 +316,7 @@ async def readyz(request: web.Request) -> web.Response:
     counts: dict[str, int] | None
     try:
         counts = await ctx.store.inbox_counts()
+        await ctx.store.check_health()  # a write, not only a read: a read-only or full disk is not ready
     except StoreUnavailable:
         counts = None
     checks = {
@@ -301,6 +327,8 @@ async def readyz(request: web.Request) -> web.Response:
     if WEBSOCKET in request.app:
         checks["websocket"] = request.app[WEBSOCKET].connected
     body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks}
+    if ctx.store.broken:
+        body["problem"] = ctx.store.broken
     if counts is not None:
         body["inbox"] = counts
     if ctx.me is not None:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # tickets and the stats' records stay. 0 keeps everything.
     retention_days: float = Field(default=14.0, ge=0.0, le=3650.0)
     purge_interval_seconds: float = Field(default=3600.0, ge=1.0, le=86400.0)
+    # Floods: messages and card clicks per person per minute (the excess gets one "slow down" note, then
+    # nothing), and new tickets per person per hour. Generous for people, tight for scripts; 0 turns one off.
+    rate_limit_per_minute: int = Field(default=30, ge=0, le=100_000)
+    # Open HTTP connections; past it the oldest is closed (slow or hostile clients hold the oldest ones).
+    max_connections: int = Field(default=1000, ge=10, le=1_000_000)
+    tickets_per_hour: int = Field(default=5, ge=0, le=10_000)
     # How often each replica reports in and checks whether another one reloaded the knowledge.
     replica_check_seconds: float = Field(default=2.0, ge=0.05, le=300.0)
 

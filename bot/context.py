@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from bot.cards import OutgoingMessage
 from bot.config import Settings
 from bot.knowledge import KnowledgeBase
+from bot.limits import RateLimiter
 from bot.metrics import Metrics
 from bot.models import AttachmentAction, Message, Person
 from bot.store import InboxEvent, Store, StoreUnavailable
@@ -122,6 +123,7 @@ class BotContext:
     metrics: Metrics
     me: Person | None = None
     members: MembershipCache = field(default_factory=MembershipCache)
+    limiter: RateLimiter = field(init=False)
     # The setup-guide page each person last saw, per room, so "next" and "previous" work as text too.
     # In memory on purpose: losing it on restart costs one "okta setup"; bounded so it cannot grow forever.
     setup_pages: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
@@ -131,6 +133,9 @@ class BotContext:
     # The language each person last wrote in, per room: a short "ja" or "merci" keeps the conversation's.
     languages: OrderedDict[tuple[str, str], str] = field(default_factory=OrderedDict)
     replica: ReplicaState = field(default_factory=ReplicaState)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_minute)
 
     def remember_language(self, room_id: str, person_id: str, lang: str) -> None:
         self.languages[(room_id, person_id)] = lang

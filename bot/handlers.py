@@ -22,6 +22,7 @@ from bot.context import BotContext, Click, Effects, Knowledge, WebexAPI, post_fi
 from bot.dispatch import Router
 from bot.gaps import find_gaps
 from bot.i18n import N_, _, current_language, using_language
+from bot.limits import SLOW_DOWN
 from bot.models import Message, WebhookEnvelope
 from bot.redact import redact
 from bot.replicas import reload_everywhere
@@ -58,6 +59,13 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
     me = ctx.identity
     if data.person_id == me.id:
         ctx.metrics.events_ignored.labels("self").inc()
+        return
+
+    async def thread() -> tuple[str, str | None]:
+        found = await ctx.webex.get_message(data.id)
+        return found.room_id, reply_parent(found)
+
+    if await over_limit(ctx, event, data.person_id, thread):
         return
     message = await ctx.webex.get_message(data.id)
     if message.person_id == me.id or message.person_email.casefold().endswith("@webex.bot"):
@@ -117,6 +125,30 @@ async def on_message_created(envelope: WebhookEnvelope, event: InboxEvent, ctx: 
         best.id if best else "-",
         (time.monotonic() - started) * 1000,
     )
+
+
+async def over_limit(
+    ctx: BotContext,
+    event: InboxEvent,
+    person_id: str,
+    thread: Callable[[], Awaitable[tuple[str, str | None]]],
+) -> bool:
+    """Over RATE_LIMIT_PER_MINUTE: the first event is told to slow down (in its thread), the rest get nothing.
+    Checked before any other Webex call, so a flood costs one database write per event."""
+    verdict = ctx.limiter.take(person_id)
+    if verdict == "ok":
+        return False
+    ctx.metrics.events_ignored.labels("rate-limited").inc()
+    if verdict == "note":
+        log.warning(
+            "%s is over RATE_LIMIT_PER_MINUTE: told to slow down; their next events are dropped", person_id
+        )
+        try:
+            room_id, parent = await thread()
+        except WebexNotFound:
+            return True
+        await post_reply(ctx, event, room_id, parent, cards.text_message(_(SLOW_DOWN)), kind="slow-down")
+    return True
 
 
 REFUSAL_DOMAIN = N_(
@@ -204,6 +236,9 @@ async def on_triage(r: Route, message: Message, ctx: BotContext) -> Reply:
 
 @commands.register("escalate")
 async def on_escalate(r: Route, message: Message, ctx: BotContext) -> Reply:
+    existing = await ctx.store.open_ticket_in_thread(message.room_id, _thread(message))
+    if existing is not None:  # a second escalation points to the first
+        return Reply(cards.text_message(tickets.already_open(existing)), "ticket-exists")
     return Reply(cards.escalation_card(_thread(message), None, message.id), "escalation")
 
 
@@ -327,9 +362,19 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     if data.person_id == ctx.identity.id:
         ctx.metrics.events_ignored.labels("self").inc()
         return
+
+    async def thread_of_card() -> tuple[str, str | None]:
+        card = await ctx.webex.get_message(data.message_id)
+        return card.room_id, (card.parent_id or card.id) if card.room_type == "group" else None
+
+    if await over_limit(ctx, event, data.person_id, thread_of_card):
+        return
     action = await ctx.webex.get_attachment_action(data.id)
     submit = cards.parse_submit(action.inputs)
-    if submit is None:
+    # What the person typed was too long or blank (or the card sent too much): they are told, once the card
+    # has been checked below. Anything else refused is forged or stale.
+    problem = cards.submit_problem(action.inputs) if submit is None else None
+    if submit is None and problem is None:
         # Forged or stale: say nothing to the sender, leave a trace for us.
         keys = (
             sorted(map(str, action.inputs))[:10]
@@ -358,11 +403,29 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
         return
     # The thread comes from the card itself, never from the submit: a forged thread id must not steer replies.
     card_thread = card_message.parent_id or card_message.id
+    if submit is None:
+        assert problem is not None
+        log.info("card submit %s from %s refused: %s input %r", action.id, action.person_id, *problem)
+        where = card_thread if card_message.room_type == "group" else None
+        with using_language(ctx.reply_language(action.room_id, action.person_id)):
+            told = cards.text_message(input_problem(problem[0]))
+        await post_reply(ctx, event, action.room_id, where, told, kind="input-refused")
+        return
     claimed_thread = getattr(submit, "thread_id", None)
     if card_message.room_type == "group" and claimed_thread is not None and claimed_thread != card_thread:
         log.warning(
             "card submit %s names thread %s but its card is in %s", action.id, claimed_thread, card_thread
         )
+        ctx.metrics.events_ignored.labels("forged-submit").inc()
+        return
+    # Direct spaces: the bot's cards are not threaded there, so the thread is the person's message; it must be
+    # one of this room's, or feedback and tickets would land in someone else's conversation.
+    if (
+        card_message.room_type != "group"
+        and claimed_thread not in (None, card_thread)
+        and not await _in_room(ctx, claimed_thread or "", action.room_id)
+    ):
+        log.warning("card submit %s names thread %s, which is not in its room", action.id, claimed_thread)
         ctx.metrics.events_ignored.labels("forged-submit").inc()
         return
     parent = card_thread if card_message.room_type == "group" else None
@@ -373,6 +436,25 @@ async def on_attachment_action_created(envelope: WebhookEnvelope, event: InboxEv
     with using_language(ctx.reply_language(action.room_id, action.person_id)):
         await handler(submit, click)
     log.info("card submit %s: %s, %.0f ms", action.id, submit.verb, (time.monotonic() - started) * 1000)
+
+
+def input_problem(problem: cards.InputProblem) -> str:
+    if problem == "too_long":
+        return _(
+            "That is longer than {limit} characters, the most I take. Please shorten it and send it again."
+        ).format(limit=cards.MAX_NOTE_CHARS)
+    if problem == "blank":
+        return _("That was empty. Please write something in the box first, then send it again.")
+    return _(
+        "That card sent more than {limit} fields, more than I take. Please use the card as I sent it."
+    ).format(limit=cards.MAX_SUBMIT_KEYS)
+
+
+async def _in_room(ctx: BotContext, message_id: str, room_id: str) -> bool:
+    try:
+        return (await ctx.webex.get_message(message_id)).room_id == room_id
+    except WebexNotFound:
+        return False
 
 
 @submits.register(FeedbackData)
@@ -425,6 +507,13 @@ async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
         person_id = envelope.data.get("personId")
         if not isinstance(room_id, str) or event.reply_message_id:
             return
+        parent: str | None = None
+        if envelope.data.get("roomType") == "group":
+            parent = await _thread_of_event(ctx, event.event_id, str(envelope.data.get("id", "")))
+            if parent is None:
+                # Not top-level in a group space, where it would read as addressed to everyone.
+                log.info("event %s: its message is gone and so is its thread; no apology", event.event_id)
+                return
         with using_language(ctx.reply_language(room_id, person_id if isinstance(person_id, str) else "")):
             msg = cards.text_message(
                 _(
@@ -432,6 +521,18 @@ async def tell_failure(event: InboxEvent, ctx: BotContext) -> None:
                     "Please try again later or contact the helpdesk."
                 )
             )
-        await ctx.webex.post_message(msg.to_webex(room_id=room_id))
+        await ctx.webex.post_message(msg.to_webex(room_id=room_id, parent_id=parent))
     except Exception:  # best effort: the failure is already logged and stored
         log.exception("could not tell the user about failed event %s", event.event_id)
+
+
+async def _thread_of_event(ctx: BotContext, event_id: str, message_id: str) -> str | None:
+    """The thread of a message that could not be answered: as triage recorded it, else as Webex has it."""
+    record = await ctx.store.get_triage(event_id)
+    if record is not None and record.thread_id and record.thread_id != message_id:
+        return record.thread_id  # a reply in a thread whose first message may still be there
+    try:
+        message = await ctx.webex.get_message(message_id)
+    except WebexError:
+        return None
+    return message.parent_id or message.id

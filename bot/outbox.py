@@ -102,8 +102,13 @@ class OutboxDeliverer:
             headers[SIGNATURE_HEADER] = sign(body, self.secret)
         error: str | None = None
         try:
+            # No redirects: following one would re-post the signed ticket to wherever the answer points.
             async with self.session.post(
-                self.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                self.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
             ) as resp:
                 if resp.status >= 300:
                     error = f"HTTP {resp.status}"

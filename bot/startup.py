@@ -37,11 +37,11 @@ def bind(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise StartupError(_bind_problem(where, port, exc)) from exc
+        raise StartupError(bind_problem(where, port, exc)) from exc
     return sockets
 
 
-def _bind_problem(where: str, port: int, exc: OSError) -> str:
+def bind_problem(where: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return (
             f"cannot listen on {where}: the port is already in use (another copy of the bot?); "

@@ -21,7 +21,7 @@ from bot.dispatch import Router
 from bot.i18n import N_, _, using_language
 from bot.models import Message, Person
 from bot.redact import redact
-from bot.store import Ticket, TicketChange
+from bot.store import Ticket, TicketChange, TicketRefused
 from bot.triage import message_language
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,25 @@ async def offer_escalation(
     click: Click, thread_id: str, article_id: str | None, origin_id: str | None
 ) -> None:
     """Ask for the optional note; nothing is filed until the person presses "Send to the helpdesk"."""
+    existing = await click.ctx.store.open_ticket_in_thread(click.action.room_id, click.parent or thread_id)
+    if existing is not None:
+        await click.reply(cards.text_message(already_open(existing)), kind="ticket-exists")
+        return
     await click.reply(cards.escalation_card(thread_id, article_id, origin_id), kind="escalation")
+
+
+def already_open(ticket: Ticket) -> str:
+    return _(
+        "{number} is already open for this conversation, and the helpdesk has it: they will answer here. "
+        "Send “ticket {number}” to see where it stands."
+    ).format(number=ticket.number)
+
+
+def too_many(cap: int) -> str:
+    return _(
+        "You have opened {cap} tickets in the last hour, the most I can file. The helpdesk has them; "
+        "send “my tickets” to see them, and please wait for their answer."
+    ).format(cap=cap)
 
 
 @submits.register(FileTicketData)
@@ -59,24 +77,33 @@ async def on_file_ticket(submit: FileTicketData, click: Click) -> None:
     article_ids = [a for a in article_ids if a in kb.articles]
     steps = [s.text for s in kb.articles[article_ids[0]].steps] if article_ids else []
     original = record.text if record else next((t["text"] for t in transcript if t["who"] != "bot"), "")
-    ticket, created = await ctx.store.create_ticket(
-        # The submit's id: a redelivered or retried click files one ticket, not two.
-        dedupe_key=action.id,
-        requester_id=action.person_id,
-        requester_email=person.emails[0] if person.emails else "",
-        requester_name=person.display_name or (person.emails[0] if person.emails else "unknown"),
-        room_id=action.room_id,
-        # The conversation's thread (a message id also in direct spaces): stats link feedback and tickets by it.
-        thread_id=parent_id or submit.thread_id,
-        original_text=original,
-        codes=list(record.codes) if record else [],
-        articles=article_ids,
-        steps_suggested=steps,
-        note=redact(submit.note.strip()) or None,
-        transcript=transcript,
-        # The card's thread in a group space, None in a direct one: notices later go there without asking.
-        reply_parent=parent_id,
-    )
+    try:
+        ticket, created = await ctx.store.create_ticket(
+            # The submit's id: a redelivered or retried click files one ticket, not two.
+            dedupe_key=action.id,
+            requester_id=action.person_id,
+            requester_email=person.emails[0] if person.emails else "",
+            requester_name=person.display_name or (person.emails[0] if person.emails else "unknown"),
+            room_id=action.room_id,
+            # The conversation's thread (a message id also in direct spaces): stats link feedback and tickets by it.
+            thread_id=parent_id or submit.thread_id,
+            original_text=original,
+            codes=list(record.codes) if record else [],
+            articles=article_ids,
+            steps_suggested=steps,
+            note=redact(submit.note.strip()) or None,
+            transcript=transcript,
+            # The card's thread in a group space, None in a direct one: notices later go there without asking.
+            reply_parent=parent_id,
+            # Forged or repeated submits: one open ticket per thread, and a cap per person.
+            one_per_thread=True,
+            hourly_cap=ctx.settings.tickets_per_hour,
+        )
+    except TicketRefused as refused:
+        log.warning("file_ticket %s by %s refused: %s", action.id, action.person_id, refused)
+        text = already_open(refused.existing) if refused.existing else too_many(refused.cap)
+        await click.reply(cards.text_message(text), kind="ticket-refused")
+        return
     if created:
         log.info("ticket %s filed by %s", ticket.number, action.person_id)
     helpdesk_room = ctx.settings.helpdesk_room_id
@@ -141,8 +168,9 @@ async def _helpdesk_member(click: Click, verb: str, number: str) -> Person | Non
     if room and action.room_id == room and await ctx.members.is_member(ctx.webex, room, action.person_id):
         return await ctx.webex.get_person(action.person_id)
     log.warning("ticket action %s on %s by non-member %s refused", verb, number, action.person_id)
+    # In the card's thread (click.parent), not under the card: a card that is itself a reply takes none.
     refusal = cards.refusal(_("Sorry, only members of the helpdesk space can work on tickets."))
-    await click.reply(refusal, kind="refusal", parent=action.message_id)
+    await click.reply(refusal, kind="refusal")
     return None
 
 
@@ -155,10 +183,12 @@ async def _helpdesk_change(
 ) -> Ticket | None:
     """Apply one helpdesk transition; say so under the card when there is no such ticket or nothing changed."""
     result = await _transition(click.ctx, click.effects, number, change)
-    under_card = click.action.message_id
     if result is None:
         missing = _("I can't find {number}.").format(number=number)
-        await click.reply(cards.refusal(missing), kind="refusal", parent=under_card)
+        await click.reply(
+            cards.refusal(missing),
+            kind="refusal",
+        )
         return None
     ticket = result.ticket
     if result.ok:
@@ -172,7 +202,10 @@ async def _helpdesk_change(
         )
     else:
         text = _("{number} is already {status}. Nothing changed.").format(number=ticket.number, status=status)
-    await click.reply(cards.text_message(text), kind="ticket-noop", parent=under_card)
+    await click.reply(
+        cards.text_message(text),
+        kind="ticket-noop",
+    )
     return None
 
 
@@ -194,7 +227,7 @@ async def on_claim(submit: ClaimData, click: Click) -> None:
     claimed = _("{name} claimed {number}.").format(
         name=cards.escape_user_text(name, 60), number=ticket.number
     )
-    await click.reply(cards.text_message(claimed), kind="ticket-claimed", parent=click.action.message_id)
+    await click.reply(cards.text_message(claimed), kind="ticket-claimed")
     first = person.first_name or name.split(" ")[0]
     with using_language(_requester_language(click.ctx, ticket)):
         notice = _("{name} from the helpdesk is on it ({number}).").format(
@@ -222,7 +255,7 @@ async def on_resolve(submit: ResolveData, click: Click) -> None:
     resolved = _("{name} resolved {number}.").format(
         name=cards.escape_user_text(name, 60), number=ticket.number
     )
-    await click.reply(cards.text_message(resolved), kind="ticket-resolved", parent=click.action.message_id)
+    await click.reply(cards.text_message(resolved), kind="ticket-resolved")
     with using_language(_requester_language(click.ctx, ticket)):
         card = cards.ticket_resolved_card(ticket, name, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-resolved")
@@ -245,9 +278,10 @@ async def on_ask_info(submit: AskInfoData, click: Click) -> None:
     if ticket is None:
         return
     sent = _("Question sent to {name}.").format(name=cards.escape_user_text(ticket.requester_name, 60))
-    await click.reply(cards.text_message(sent), kind="ticket-question", parent=click.action.message_id)
+    await click.reply(cards.text_message(sent), kind="ticket-question")
     with using_language(_requester_language(click.ctx, ticket)):
-        card = cards.info_request_card(ticket, name, submit.question, ticket.thread_id or ticket.room_id)
+        # The question as stored: redacted before it reaches the requester too.
+        card = cards.info_request_card(ticket, name, question, ticket.thread_id or ticket.room_id)
     await _tell_requester(click, ticket, card, kind="requester-question")
 
 
@@ -339,7 +373,17 @@ async def on_answer_info(submit: AnswerInfoData, click: Click) -> None:
         return
     answer = redact(submit.answer.strip())
     if TRANSITION not in await click.effects.known():
-        await click.ctx.store.add_transcript(submit.number, ticket.requester_name, answer)
+        answered = await click.ctx.store.answer_info(
+            submit.number, requester_id=click.action.person_id, who=ticket.requester_name, answer=answer
+        )
+        if answered is None:
+            # Only a question the helpdesk asked, and only once: no unsolicited posts in their space.
+            log.warning("answer_info %s on %s refused: no open question", click.action.id, ticket.number)
+            text = _("There is no open question from the helpdesk on {number}, so I kept this to myself.")
+            await click.reply(
+                cards.text_message(text.format(number=ticket.number)), kind="ticket-no-question"
+            )
+            return
         await click.effects.record(TRANSITION, ticket.number)
     with using_language(click.ctx.settings.helpdesk_language):
         notice = _("Answer from {name} on {number}: “{answer}”").format(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import math
+import re
 import time
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from bot.hydra import dedupe_key
@@ -18,6 +23,7 @@ from bot.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+BODY_TIMEOUT_SECONDS = 10.0  # a slow body holds a connection and a task; Webex sends a webhook in one go
 HANDLED = {("messages", "created"), ("attachmentActions", "created")}
 
 
@@ -56,9 +62,19 @@ async def _receive(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+    except TimeoutError:
+        log.info(
+            "webhook from %s dropped: its body took longer than %.0fs", request.remote, BODY_TIMEOUT_SECONDS
+        )
+        return _json(408, error="request body too slow")
+    except (ConnectionError, ClientPayloadError, HttpProcessingError) as exc:
+        # The client hung up mid-body: nothing to answer, nothing to store; one line, no traceback.
+        log.info("webhook from %s dropped: %s", request.remote, type(exc).__name__)
+        return _json(400, error="incomplete request body")
     secret = ctx.settings.webex_webhook_secret
     if secret is not None and not signature_valid(
         raw, secret.get_secret_value(), request.headers.get("X-Spark-Signature")
@@ -70,6 +86,8 @@ async def _receive(request: web.Request) -> web.Response:
         # and thousands of nested brackets, so the text can be stored as it came.
         envelope = WebhookEnvelope.model_validate_json(raw)
         body = raw.decode()
+        if _MAYBE_NOT_FINITE.search(raw):
+            _reject_non_finite(body)
     except (ValueError, ValidationError) as exc:
         log.warning("webhook refused: not a webhook envelope (%s)", _short(exc))
         return _json(400, error="not a Webex webhook envelope")
@@ -89,9 +107,12 @@ async def _receive(request: web.Request) -> web.Response:
     if email.casefold().endswith("@webex.bot"):
         ctx.metrics.events_ignored.labels("bot").inc()
         return _json(200, status="ignored", reason="another bot")
+    if ctx.store.broken is not None:
+        # Accepting work the database cannot keep would lose it; Webex redelivers after a 503.
+        return _json(503, error="storage cannot be written, retry later")
     try:
         # The same key as the websocket's for the same message: one answer, whichever path brings it.
-        new = await request.app[INBOX].enqueue(dedupe_key(data.id), envelope.resource, body)
+        new = await request.app[INBOX].enqueue(dedupe_key(data.id), envelope.resource, body, data.person_id)
     except StoreUnavailable as exc:
         # 503 makes Webex redeliver; a 200 here would lose the message.
         log.error("webhook for %s not stored, answering 503: %s", data.id, exc)
@@ -102,6 +123,25 @@ async def _receive(request: web.Request) -> web.Response:
     ctx.metrics.count("received", envelope.resource)
     request.app[WORKER].notify()
     return web.Response(body=_QUEUED, content_type="application/json")
+
+
+# NaN, Infinity and numbers too big for a float: pydantic takes them, PostgreSQL's json refuses them (and with
+# them the whole insert). The quick look runs on every body; the exact one only when it finds something.
+# A value position (after ":", "[" or ",") only, so that ids with "5e123" in them stay on the fast path.
+_MAYBE_NOT_FINITE = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity|[0-9.]+[eE][+-]?[0-9]{3})")
+
+
+def _reject_non_finite(body: str) -> None:
+    def constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:20]} is out of range")
+        return value
+
+    json.loads(body, parse_constant=constant, parse_float=number)
 
 
 def _short(exc: Exception) -> str:

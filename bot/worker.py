@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +18,10 @@ log = logging.getLogger(__name__)
 
 # Seconds before attempt 2, 3, ...; after the last one the event is dead (kept, with its error).
 RETRY_SCHEDULE: tuple[float, ...] = (2.0, 10.0, 60.0, 300.0)
+# How often the worker looks for leases held by dead workers, and (where a lost connection also frees a live
+# worker's lock) how long one must look dead before its events are taken.
+REAP_INTERVAL = 1.0
+REAP_CONFIRM = 1.5
 
 Handler = Callable[[InboxEvent], Awaitable[None]]
 FinalFailure = Callable[[InboxEvent, BaseException], Awaitable[None]]
@@ -54,7 +60,12 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.retry_schedule = retry_schedule
         self.on_failure = on_failure
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # The random part: a restarted container has the same host name and pid, and must not be taken for
+        # the process it replaces.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._liveness = store.liveness(self.worker_id)
+        self._suspects: dict[str, float] = {}  # holders seen dead, and since when (monotonic)
+        self._last_reap = -REAP_INTERVAL
         self.ready = asyncio.Event()  # set once the bot knows who it is; until then events wait in the inbox
         self._wake = asyncio.Event()
         self._stopping = False
@@ -104,13 +115,46 @@ class Worker:
             released = await self.store.release_worker(self.worker_id)
             if released:
                 log.info("%d unfinished event(s) returned to the inbox for the next start", released)
+        await self._liveness.close()
+
+    async def _reap(self) -> None:
+        """Take over the events of workers that died holding them, without waiting for their leases."""
+        self._last_reap = time.monotonic()
+        try:
+            if not await self._liveness.hold():
+                return  # others cannot tell we are alive: claim nothing of theirs either
+            dead = await self._liveness.dead(await self.store.lease_holders())
+            now = time.monotonic()
+            self._suspects = {holder: self._suspects.get(holder, now) for holder in dead}
+            confirmed = {
+                holder
+                for holder, since in self._suspects.items()
+                if self._liveness.definitive or now - since >= REAP_CONFIRM
+            }
+            if confirmed:
+                taken = await self.store.expire_leases_of(confirmed)
+                for holder in confirmed:
+                    self._suspects.pop(holder, None)
+                if taken:
+                    log.warning(
+                        "took over %d event(s) of %d worker(s) that stopped without finishing them: %s",
+                        taken,
+                        len(confirmed),
+                        ", ".join(sorted(confirmed)),
+                    )
+        except StoreUnavailable as exc:
+            log.warning("could not look for abandoned events: %s", exc)
+        except Exception:
+            log.exception("looking for abandoned events failed; their leases still run out")
 
     async def _run(self) -> None:
         await self.ready.wait()
         while not self._stopping:
+            if time.monotonic() - self._last_reap >= REAP_INTERVAL:
+                await self._reap()
             free = self.concurrency - len(self._tasks)
             events: list[InboxEvent] = []
-            if free > 0:
+            if free > 0 and self.store.broken is None:  # a database that cannot keep results: wait
                 try:
                     events = await self.store.claim_events(
                         self.worker_id, limit=free, lease_seconds=self.lease_seconds

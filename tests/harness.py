@@ -35,6 +35,8 @@ def make_settings(fake: FakeWebex, database_url: str, **overrides: Any) -> Setti
         "webex_inbound": "webhook",
         "database_url": database_url,
         "knowledge_dir": KNOWLEDGE_DIR,
+        # Tests send one person's events in bursts; tests/test_floods.py holds the default limit.
+        "rate_limit_per_minute": 10_000,
         **overrides,
     }
     return Settings(_env_file=None, **values)

@@ -166,11 +166,13 @@ def serve_env(**values: str) -> dict[str, str]:
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     # Webhooks unless a test asks for the websocket: without PUBLIC_URL "auto" would pick the websocket.
+    # Tests send one person's events in bursts; tests/test_floods.py holds the default rate limit.
     return {
         **base,
         "KNOWLEDGE_DIR": str(KNOWLEDGE_DIR),
         "HOST": "127.0.0.1",
         "WEBEX_INBOUND": "webhook",
+        "RATE_LIMIT_PER_MINUTE": "10000",
         **values,
     }
 

@@ -557,3 +557,41 @@ async def test_the_stats_chart_shows_in_the_playground(
         await chart.scroll_into_view_if_needed()
         await screenshot(page, "playground-stats-chart.png")
         assert not problems, problems
+
+
+# Everything a person might type that Webex or the card renderer would turn into a link, a mention or markup.
+ECHOED = (
+    "zorblax evil.example.com www.evil.io mailto:boss@evil.example javascript:alert(1) ~~struck~~ "
+    "| a | b | <@all> @all [click](https://evil.example) *bold* _it_ `code` a\\b &lt;b&gt;"
+)
+
+
+def _uncovered(chars: set[str]) -> list[str]:
+    """The characters no installed font has a glyph for: Chromium draws those as empty boxes."""
+    missing = []
+    for ch in sorted(chars):
+        fonts = subprocess.run(
+            ["fc-list", f":charset={ord(ch):x}", "family"], capture_output=True, text=True, check=True
+        ).stdout
+        if not fonts.strip():
+            missing.append(f"U+{ord(ch):04X} {ch}")
+    return missing
+
+
+async def test_echoed_text_renders_inert_and_readable(server: str, browser: Browser) -> None:
+    page, problems = await open_playground(browser, server)
+    card = await ask(page, ECHOED)
+    echo = card.locator(".ac-textBlock", has_text="zorblax").last
+    await expect(echo).to_be_visible()
+    shown = await echo.inner_text()
+    # Nothing live: no link, strike-through, table, emphasis or code came out of the person's words.
+    for tag in ("a", "del", "s", "table", "em", "strong", "code"):
+        assert await echo.locator(tag).count() == 0, f"<{tag}> in the echo: {shown!r}"
+    hrefs = await card.locator("a").evaluate_all("links => links.map(a => a.href)")
+    assert not [h for h in hrefs if "evil" in h], hrefs
+    assert "@all" not in shown and "<" not in shown
+    # Readable: every character has a glyph in the machine's fonts (full-width look-alikes have none here).
+    assert _uncovered({ch for ch in shown if not ch.isascii()}) == []
+    assert "evil(.)example(.)com" in shown and "mailto(:)" in shown and "javascript(:)" in shown
+    await screenshot(page, "playground-echo.png")
+    assert not problems, problems

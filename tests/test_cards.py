@@ -570,14 +570,20 @@ def test_user_text_cannot_inject_into_cards_or_markdown(injection: str, kb: Know
 
 def test_escape_user_text_examples() -> None:
     assert escape_user_text("blank screen when I sign in", 100) == "blank screen when I sign in"
-    assert escape_user_text("[click](http://evil)", 100) == "［click］（http:／／evil）"
-    assert escape_user_text("@\u200ball hi", 100) == "＠all hi"
-    assert escape_user_text("line one\n\n# two", 100) == "line one ＃ two"
+    assert escape_user_text("[click](http://evil)", 100) == "(click)(http(:)//evil)"
+    assert escape_user_text("@\u200ball hi", 100) == "@\u00a0all hi"
+    assert escape_user_text("# one\n\n# two", 100) == "\u00a0# one # two"
+    assert escape_user_text("see evil.example.com, mailto:x@evil.io", 100) == (
+        "see evil(.)example(.)com, mailto(:)x@evil(.)io"
+    )
+    assert escape_user_text("~~gone~~ | a | b | &lt;", 100) == "˜˜gone˜˜ ¦ a ¦ b ¦ & lt;"
+    assert escape_user_text("Error:1000:8, e.g. 1.2.3", 100) == "Error:1000:8, e.g. 1.2.3"
     assert escape_user_text("a b c d e f g h", 6) == "a b c…"
     assert escape_user_text("anything", 0) == ""
 
 
-FORBIDDEN_CHARS = set("<>[]()*_`\\&#")
+# What markdown or a card would act on; "(", ")", "&" and "#" stay, being inert where they are left.
+FORBIDDEN_CHARS = set("<>[]*_`\\~|")
 
 
 @given(
@@ -591,11 +597,13 @@ def test_escape_user_text_is_inert_and_bounded(text: str, max_len: int) -> None:
     assert len(out) <= max_len
     assert not FORBIDDEN_CHARS & set(out)
     assert re.search("@all", out, re.IGNORECASE) is None
-    assert "://" not in out
+    assert "://" not in out and "javascript:" not in out.casefold() and "mailto:" not in out.casefold()
+    assert re.search(r"&(#|[a-z]+;)", out, re.IGNORECASE) is None, "an entity"
     assert "\n" not in out and "\u200b" not in out
 
 
-@given(st.from_regex(r"[A-Za-z0-9,.?!']{1,12}( [A-Za-z0-9,.?!']{1,12}){0,10}", fullmatch=True))
+# Words and sentences; a dot only at a word's end (between two labels it would make a domain, defanged).
+@given(st.from_regex(r"[A-Za-z0-9,?!']{1,12}\.?( [A-Za-z0-9,?!']{1,12}\.?){0,10}", fullmatch=True))
 def test_escape_user_text_leaves_plain_text_alone(text: str) -> None:
     assert escape_user_text(text, len(text)) == text
 

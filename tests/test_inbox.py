@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ async def test_a_failed_commit_fails_every_waiter(tmp_path: Path) -> None:
     writer = InboxWriter(store)
     await store.close()  # drops the connection; the next use reconnects to the path ...
     for leftover in tmp_path.iterdir():
-        leftover.unlink()
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()  # the .bot folder is a directory
     path.mkdir()  # ... where a directory now stands: SQLite cannot open it
     results = await asyncio.gather(
         *(writer.enqueue(f"x{n}", "messages", "{}") for n in range(5)), return_exceptions=True

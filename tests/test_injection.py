@@ -154,12 +154,9 @@ def forged_inputs(thread: str) -> dict[str, Any]:
         "page is 1000 nines": {"verb": "setup_page", "page": "9" * 1000, "thread_id": thread},
         "100 KB article id": {**good, "article_id": "a" * 100_000},
         "100 KB thread id": {**good, "thread_id": "A" * 100_000},
-        "100 KB note": {"verb": "file_ticket", "thread_id": thread, "note": "x" * 100_000},
-        "100 KB question": {"verb": "ask_info", "number": "HD-1", "question": "q" * 100_000},
-        "10,000 keys": {**good, **{f"k{i}": i for i in range(10_000)}},
         "ticket number is SQL": {"verb": "claim", "number": "HD-1; DROP TABLE tickets"},
         "ticket number is markup": {"verb": "cancel_ticket", "number": "<@all>", "thread_id": thread},
-        "empty question": {"verb": "ask_info", "number": "HD-1", "question": ""},
+        # Too long, blank or too many inputs with a known verb are answered: tests/test_abuse_tickets.py.
     }
 
 
@@ -509,7 +506,7 @@ async def test_injection_in_messages_never_comes_back_live(
     assert len(fake_webex.posted_messages) == len(messages) + 1
     echoed = [p for p in fake_webex.posted_messages if "You wrote" in p["markdown"]]
     assert len(echoed) >= 3, "the not-sure card should echo the message (else this test checks nothing)"
-    assert any("click" in p["markdown"] and "evil.example" in p["markdown"] for p in echoed)
+    assert any("click" in p["markdown"] and "evil(.)example" in p["markdown"] for p in echoed)
     assert_inert(fake_webex, kb)
 
 
@@ -565,5 +562,5 @@ async def test_injection_through_the_ticket_flow_never_comes_back_live(
         for step in ("Ticket ", "claimed", "asks about", "Answer from", "is resolved", "Your tickets"):
             assert step in kinds or any(step in p["markdown"] for p in fake_webex.posted_messages), step
         # Make sure the hostile text really was carried (escaped) into the ticket, so the check means something.
-        assert "evil.example" in json.dumps(ticket_post) and "click" in json.dumps(ticket_post)
+        assert "evil(.)example" in json.dumps(ticket_post) and "click" in json.dumps(ticket_post)
         assert_inert(fake_webex, kb)

@@ -251,7 +251,7 @@ async def test_reload_knowledge_on_one_replica_reloads_the_other_and_counts_them
         reply = await reload_on(a)
         assert "Replicas: 1 of 2 took it." in reply, reply
         assert (
-            "kept its old knowledge: 6 problems, the first: errors.toml: error［10］ （1000:400）: category"
+            "kept its old knowledge: 6 problems, the first: errors.toml: error(10) (1000:400): category"
             in reply
         )
         assert first_step(a).startswith("Second: ") and first_step(b).startswith("First: ")

@@ -23,6 +23,8 @@ from bot.cards.answers import (
 from bot.cards.draft import CARD_CONTENT_TYPE, MAX_BODY_BYTES, OutgoingMessage, body_bytes, text_message
 from bot.cards.escape import escape_user_text
 from bot.cards.submit import (
+    MAX_NOTE_CHARS,
+    MAX_SUBMIT_KEYS,
     AnswerInfoData,
     AskInfoData,
     CancelTicketData,
@@ -30,11 +32,13 @@ from bot.cards.submit import (
     EscalateData,
     FeedbackData,
     FileTicketData,
+    InputProblem,
     ResolveData,
     SetupPageData,
     ShowData,
     TicketFixedData,
     parse_submit,
+    submit_problem,
 )
 from bot.cards.tickets import (
     escalation_card,
@@ -51,6 +55,8 @@ __all__ = [
     "ADMIN_NOTE",
     "CARD_CONTENT_TYPE",
     "MAX_BODY_BYTES",
+    "MAX_NOTE_CHARS",
+    "MAX_SUBMIT_KEYS",
     "AnswerInfoData",
     "AskInfoData",
     "CancelTicketData",
@@ -58,6 +64,7 @@ __all__ = [
     "EscalateData",
     "FeedbackData",
     "FileTicketData",
+    "InputProblem",
     "OutgoingMessage",
     "ResolveData",
     "SetupPageData",
@@ -83,6 +90,7 @@ __all__ = [
     "stats_card",
     "stats_lines",
     "status_label",
+    "submit_problem",
     "text_message",
     "ticket_card",
     "ticket_filed_card",

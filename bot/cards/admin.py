@@ -129,7 +129,8 @@ def gaps_card(gaps: Sequence[Gap], days: int, questions: int, kb: KnowledgeBase)
 
 
 def reload_failed(problems: Sequence[str]) -> OutgoingMessage:
-    shown = [f"- {escape_user_text(p, 300)}" for p in problems[:20]]
+    # Problems name knowledge files ("errors.toml"): the admin's own, so not defanged like a person's words.
+    shown = [f"- {escape_user_text(p, 300, defang=False)}" for p in problems[:20]]
     more = f"\n\n…and {len(problems) - 20} more." if len(problems) > 20 else ""
     return text_message(
         "**Knowledge not reloaded**: the files have problems, so I kept the knowledge I had.\n\n"
@@ -158,6 +159,6 @@ def reload_done(
         took, live, notes = replicas
         parts.append(
             f"Replicas: {took} of {live} took it."
-            + "".join(f"\n- {escape_user_text(n, 300)}" for n in notes[:10])
+            + "".join(f"\n- {escape_user_text(n, 300, defang=False)}" for n in notes[:10])
         )
     return text_message("\n\n".join(parts))

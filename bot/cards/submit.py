@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 
 MAX_SUBMIT_KEYS = 20
@@ -104,7 +113,10 @@ TicketNumber = Annotated[str, Field(pattern=r"^HD-\d{1,9}$")]
 # Input.Text values arrive merged into the submit; the inputs take their maxLength from here, which keeps
 # honest clients inside these.
 NoteText = Annotated[str, Field(max_length=MAX_NOTE_CHARS)]
-RequiredText = Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
+# Blank means empty once spaces are trimmed: "   " is no answer either.
+RequiredText = Annotated[
+    str, StringConstraints(strip_whitespace=True), Field(min_length=1, max_length=MAX_NOTE_CHARS)
+]
 
 
 class EscalateData(Payload):
@@ -176,6 +188,53 @@ SubmitData = Annotated[
     Field(discriminator="verb"),
 ]
 _SUBMIT: TypeAdapter[SubmitData] = TypeAdapter(SubmitData)
+
+
+_BY_VERB: dict[str, type[Payload]] = {
+    model.model_fields["verb"].default: model
+    for model in (
+        FeedbackData,
+        ShowData,
+        SetupPageData,
+        EscalateData,
+        FileTicketData,
+        ClaimData,
+        ResolveData,
+        AskInfoData,
+        AnswerInfoData,
+        TicketFixedData,
+        CancelTicketData,
+    )
+}
+
+InputProblem = Literal["too_many", "too_long", "blank"]
+
+
+def submit_problem(inputs: object) -> tuple[InputProblem, str] | None:
+    """Why parse_submit refused a submit of a known verb whose only fault is what the person typed (too long,
+    blank, or more inputs than we take), with the input's name; None when it is forged or unknown."""
+    if not isinstance(inputs, dict):
+        return None
+    verb = inputs.get("verb")
+    model = _BY_VERB.get(verb) if isinstance(verb, str) else None
+    if model is None:
+        return None
+    if len(inputs) > MAX_SUBMIT_KEYS:
+        return "too_many", ""
+    try:
+        model.model_validate(inputs)
+    except ValidationError as exc:
+        typed = model.input_fields()
+        errors = exc.errors()
+        if not errors or any(not e["loc"] or e["loc"][0] not in typed for e in errors):
+            return None
+        first = errors[0]
+        name = str(first["loc"][0])
+        if first["type"] == "string_too_long":
+            return "too_long", name
+        if first["type"] in ("string_too_short", "missing"):
+            return "blank", name
+    return None
 
 
 def parse_submit(inputs: dict[str, Any]) -> SubmitData | None:

@@ -34,6 +34,11 @@ def _user(text: str | None, limit: int = EXCERPT_CHARS) -> str:
     return escape_user_text(text or "", limit)
 
 
+def _email(address: str) -> str:
+    # Webex's own record of the person, not their words: escaped, but not defanged into "alice@example(.)com".
+    return escape_user_text(address, 120, defang=False)
+
+
 def status_label(status: str) -> str:
     """A ticket status as the reader says it (the store keeps the English word)."""
     labels = {
@@ -80,7 +85,7 @@ def ticket_card(ticket: Ticket, kb: KnowledgeBase) -> OutgoingMessage:
                 _("Status"),
                 status + (f" ({_user(ticket.assignee_name, 60)})" if ticket.assignee_name else ""),
             ),
-            (_("Who"), f"{_user(ticket.requester_name, 80)} ({_user(ticket.requester_email, 120)})"),
+            (_("Who"), f"{_user(ticket.requester_name, 80)} ({_email(ticket.requester_email)})"),
         ]
         if ticket.codes:
             facts.append((_("Codes"), ", ".join(_user(c, 20) for c in ticket.codes[: budget.items])))
@@ -205,7 +210,7 @@ def ticket_summary(ticket: Ticket) -> OutgoingMessage:
         f"**{ticket.number}** · {status_label(ticket.status)}"
         + (f" · {_user(ticket.assignee_name, 40)}" if ticket.assignee_name else ""),
         _("Requester: {name} ({email})").format(
-            name=_user(ticket.requester_name, 80), email=_user(ticket.requester_email, 120)
+            name=_user(ticket.requester_name, 80), email=_email(ticket.requester_email)
         ),
         _("Message: {text}").format(text=_user(ticket.original_text, 400)),
     ]

@@ -13,13 +13,15 @@ from bot.store.records import (
     Stats,
     Ticket,
     TicketChange,
+    TicketRefused,
     TriageRecord,
     ticket_payload,
 )
-from bot.store.store import Store, async_url
+from bot.store.store import DatabaseLost, Store, async_url
 
 __all__ = [
     "TICKET_STATUSES",
+    "DatabaseLost",
     "DayCounts",
     "DeadDelivery",
     "DeliveryNotDead",
@@ -32,6 +34,7 @@ __all__ = [
     "StoreUnavailable",
     "Ticket",
     "TicketChange",
+    "TicketRefused",
     "TriageRecord",
     "async_url",
     "ticket_payload",

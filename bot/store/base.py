@@ -38,6 +38,9 @@ class StoreBase:
         self._safe_url = engine.url.render_as_string(hide_password=True)
         self._sqlite_inbox: SqliteInboxWriter | None = None
         self._turn: Turns | None = None
+        self._file_id: tuple[int, int] | None = None
+        # Why the database cannot take work, from the last health check; None while it can.
+        self.broken: str | None = None
         if self.dialect == "sqlite":
             self._sqlite_inbox = SqliteInboxWriter(engine.url.database or "", engine.dialect)
             self._turn = Turns()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bot.store.base import StoreBase
+from bot.store.liveness import Liveness, open_liveness
 from bot.store.records import STATUSES, InboxEvent
 from bot.store.schema import event_effects, inbox, read_record
 
@@ -18,17 +19,22 @@ from bot.store.schema import event_effects, inbox, read_record
 class InboxStore(StoreBase):
     """The Store's inbox queries: what the webhook view and the worker call."""
 
-    async def enqueue_events(self, events: Sequence[tuple[str, str, str]]) -> set[str]:
+    async def enqueue_events(
+        self, events: Sequence[tuple[str, str, str]], *, fair_at: Mapping[str, datetime] | None = None
+    ) -> set[str]:
         """Insert many (event_id, resource, payload JSON text) in one transaction; returns the ids that were new.
 
         One transaction for a batch is the group commit the webhook view relies on for throughput. The payload
-        is the JSON text as received (the webhook view has validated it), so the ack path never re-encodes it."""
+        is the JSON text as received (the webhook view has validated it), so the ack path never re-encodes it.
+        A pending event's next_attempt_at is its place in the worker's order: its arrival, or the later fair
+        time in `fair_at` (bot/inbox.py), which does not delay it when nobody else is waiting."""
         if not events:
             return set()
         now = self._now()
+        later = fair_at or {}
         if self._sqlite_inbox is not None:
             async with self._unavailable_as_store_error(), self._write_turn(urgent=True):
-                return await self._sqlite_inbox.insert(events, now)
+                return await self._sqlite_inbox.insert(events, now, later)
         rows = [
             {
                 "event_id": event_id,
@@ -38,7 +44,7 @@ class InboxStore(StoreBase):
                 "status": "pending",
                 "attempts": 0,
                 "received_at": now,
-                "next_attempt_at": now,
+                "next_attempt_at": later.get(event_id, now),
             }
             for event_id, resource, payload in {e[0]: e for e in events}.values()
         ]
@@ -56,8 +62,10 @@ class InboxStore(StoreBase):
         if limit <= 0:
             return []
         now = self._now()
+        # A pending event is due at once; its next_attempt_at only orders it (see enqueue_events).
         due = or_(
-            and_(inbox.c.status.in_(("pending", "failed")), inbox.c.next_attempt_at <= now),
+            inbox.c.status == "pending",
+            and_(inbox.c.status == "failed", inbox.c.next_attempt_at <= now),
             and_(inbox.c.status == "working", inbox.c.lease_until <= now),
         )
         # One statement, so the pick and the take are atomic: PostgreSQL skips rows another replica holds;
@@ -65,7 +73,7 @@ class InboxStore(StoreBase):
         picked = (
             select(inbox.c.id)
             .where(due)
-            .order_by(inbox.c.received_at, inbox.c.id)
+            .order_by(inbox.c.next_attempt_at, inbox.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -84,7 +92,8 @@ class InboxStore(StoreBase):
             rows = (await conn.execute(claim)).all()
         # RETURNING promises no order.
         return [
-            read_record(InboxEvent, row) for row in sorted(rows, key=lambda row: (row.received_at, row.id))
+            read_record(InboxEvent, row)
+            for row in sorted(rows, key=lambda row: (row.next_attempt_at, row.id))
         ]
 
     async def record_reply(self, event_id: str, reply_message_id: str) -> None:
@@ -105,6 +114,32 @@ class InboxStore(StoreBase):
         )
         async with self._begin() as conn:
             return (await conn.execute(renew)).rowcount
+
+    async def lease_holders(self) -> set[str]:
+        """The workers holding a lease that has not run out."""
+        query = (
+            select(inbox.c.leased_by)
+            .where(inbox.c.status == "working", inbox.c.lease_until > self._now())
+            .distinct()
+        )
+        async with self._begin() as conn:
+            return {holder for holder in (await conn.execute(query)).scalars() if holder}
+
+    async def expire_leases_of(self, holders: Collection[str]) -> int:
+        """End the leases of workers known to be dead, so that their events are claimed now; returns how many."""
+        if not holders:
+            return 0
+        expire = (
+            update(inbox)
+            .where(inbox.c.status == "working", inbox.c.leased_by.in_(list(holders)))
+            .values(lease_until=self._now())
+        )
+        async with self._begin() as conn:
+            return (await conn.execute(expire)).rowcount
+
+    def liveness(self, worker_id: str) -> Liveness:
+        """The lock that tells the other workers this one is alive (see bot/store/liveness.py)."""
+        return open_liveness(self._engine, worker_id)
 
     async def record_effect(self, event_id: str, step: str, message_id: str) -> None:
         values = {"event_id": event_id, "step": step, "message_id": message_id, "created_at": self._now()}

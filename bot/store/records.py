@@ -91,6 +91,18 @@ class TicketChange:
     ticket: Ticket
 
 
+class TicketRefused(Exception):
+    """A ticket not filed: its thread already has one open (`existing`), or the requester reached the hourly
+    cap (`existing` None)."""
+
+    def __init__(self, existing: Ticket | None, cap: int = 0) -> None:
+        super().__init__(
+            f"open ticket {existing.number} in this thread" if existing else f"{cap} tickets an hour"
+        )
+        self.existing = existing
+        self.cap = cap
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     """One ticket event waiting for the ITSM webhook."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -56,6 +56,23 @@ async def enable_wal(engine: AsyncEngine) -> None:
         return
 
 
+async def write_and_checkpoint(engine: AsyncEngine) -> tuple[int, int, int]:
+    """A committed one-page write (the header's user_version, which nothing else uses), then PRAGMA
+    wal_checkpoint(PASSIVE): (busy, frames in the WAL, frames copied back). On the engine's connection, opened
+    read-write at start: one opened later on a file that turned read-only or immutable is silently read-only.
+    A full disk fails the write; an immutable file takes it into the WAL but fails the copy back (disk I/O
+    error), where the WAL would otherwise grow for ever."""
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        version = await (await driver.execute("PRAGMA user_version")).fetchone()
+        assert version is not None
+        await driver.execute(f"PRAGMA user_version = {(int(version[0]) + 1) % 2**31}")
+        row = await (await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 class SqliteInboxWriter:
     """The inbox insert on SQLite, through the stdlib driver on a thread of its own.
 
@@ -80,12 +97,16 @@ class SqliteInboxWriter:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on self._thread only
 
-    async def insert(self, rows: Sequence[tuple[str, str, str]], now: datetime) -> set[str]:
+    async def insert(
+        self, rows: Sequence[tuple[str, str, str]], now: datetime, later: Mapping[str, datetime]
+    ) -> set[str]:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-inbox")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows, now)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows, now, later)
 
-    def _insert(self, rows: Sequence[tuple[str, str, str]], now: datetime) -> set[str]:
+    def _insert(
+        self, rows: Sequence[tuple[str, str, str]], now: datetime, later: Mapping[str, datetime]
+    ) -> set[str]:
         conn = self._conn
         if conn is None:
             # isolation_level=None: the explicit BEGIN IMMEDIATE below, not the module's implicit BEGIN.
@@ -98,7 +119,8 @@ class SqliteInboxWriter:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             for event_id, resource, payload in rows:
-                if cursor.execute(self.SQL, (event_id, resource, payload, stamp, stamp)).rowcount == 1:
+                order = self._stamp(later[event_id]) if later and event_id in later else stamp
+                if cursor.execute(self.SQL, (event_id, resource, payload, stamp, order)).rowcount == 1:
                     new.add(event_id)
             cursor.execute("COMMIT")
         except BaseException:

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import Table, and_, select, tuple_
+from sqlalchemy import Table, and_, func, select, tuple_, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql import ColumnElement
 
 from bot.store.admin import AdminStore
-from bot.store.base import TIMEOUT_SECONDS
+from bot.store.base import TIMEOUT_SECONDS, StoreUnavailable
 from bot.store.conversations import ConversationStore
 from bot.store.inbox import InboxStore
 from bot.store.migrations import migrate
 from bot.store.replicas import ReplicaStore
-from bot.store.schema import event_effects, inbox, messages_log, outbox
-from bot.store.sqlite import configure_sqlite, enable_wal
+from bot.store.schema import event_effects, inbox, messages_log, outbox, schema_version
+from bot.store.sqlite import configure_sqlite, enable_wal, write_and_checkpoint
 from bot.store.tickets import TicketStore
 
 PURGE_BATCH = 1000  # rows per delete transaction
+
+
+class DatabaseLost(RuntimeError):
+    """The SQLite file this bot created is gone; starting on a new empty one would repeat ticket numbers."""
+
+
+def _refuse_if_lost(path: Path, marker: Path) -> None:
+    if not path.exists() and marker.exists():
+        raise DatabaseLost(
+            f"the database {path} is gone, but this bot created it ({marker.read_text().strip()}): "
+            f"restore it from a backup, or delete {marker} to start afresh on purpose"
+        )
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def utcnow() -> datetime:
@@ -45,8 +67,24 @@ class Store(InboxStore, ConversationStore, TicketStore, AdminStore, ReplicaStore
     """The bot's one persistence interface; the URL picks the backend."""
 
     @classmethod
-    async def open(cls, url: str, *, now: Callable[[], datetime] = utcnow, pool_size: int = 5) -> Self:
+    async def open(
+        cls,
+        url: str,
+        *,
+        now: Callable[[], datetime] = utcnow,
+        pool_size: int = 5,
+        refuse_lost_file: bool = False,
+    ) -> Self:
+        """With refuse_lost_file, a SQLite file that this bot created and that is now gone is an error
+        (DatabaseLost), not a new empty database: ticket numbers would start again and old events be
+        answered twice."""
         sa_url = async_url(url)
+        marker: Path | None = None
+        if sa_url.get_backend_name() == "sqlite":
+            path = Path(sa_url.database or "")
+            marker = path.with_name(path.name + ".bot") / "created"
+            if refuse_lost_file:
+                _refuse_if_lost(path, marker)
         if sa_url.get_backend_name() == "sqlite":
             # SQLite has one writer: more connections only queue in its busy handler (100 ms sleeps, seconds
             # of tail latency under load), so one connection serves every task, in turn, without that wait.
@@ -75,7 +113,48 @@ class Store(InboxStore, ConversationStore, TicketStore, AdminStore, ReplicaStore
         except BaseException:
             await engine.dispose()
             raise
+        if marker is not None:
+            store._watch_file(marker)
         return store
+
+    def _watch_file(self, marker: Path) -> None:
+        path = marker.parent.parent / marker.parent.name.removesuffix(".bot")
+        with contextlib.suppress(OSError):
+            self._file_id = _file_id(path)
+            if not marker.exists():
+                marker.parent.mkdir(exist_ok=True)
+                marker.write_text(f"created {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
+
+    async def check_health(self) -> None:
+        """Can the database take work? Raises StoreUnavailable, and sets `broken`, when it cannot.
+
+        A committed write (a read-only or full disk fails it); on SQLite also a WAL checkpoint (an immutable
+        file takes writes into the WAL but never back, and the WAL grows without bound) and the file itself
+        (deleted or replaced under the running bot)."""
+        try:
+            if self._sqlite_inbox is not None:
+                path = Path(self._engine.url.database or "")
+                if self._file_id is not None and _file_id(path) != self._file_id:
+                    raise StoreUnavailable(f"the database file {path} was deleted or replaced under the bot")
+            if self._sqlite_inbox is not None:
+                async with self._unavailable_as_store_error(), self._write_turn():
+                    await write_and_checkpoint(self._engine)
+            else:
+                latest = select(func.max(schema_version.c.version)).scalar_subquery()
+                touch = (
+                    update(schema_version)
+                    .where(schema_version.c.version == latest)
+                    .values(applied_at=schema_version.c.applied_at)  # PostgreSQL writes a new row version
+                )
+                async with self._begin() as conn:
+                    await conn.execute(touch)
+        except StoreUnavailable as exc:
+            self.broken = str(exc)
+            raise
+        except Exception as exc:  # a read-only transaction on PostgreSQL, for one
+            self.broken = f"database {self._safe_url} cannot be written: {type(exc).__name__}: {exc}"
+            raise StoreUnavailable(self.broken) from exc
+        self.broken = None
 
     async def close(self) -> None:
         if self._sqlite_inbox is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, literal, or_, select, update
+from sqlalchemy import Row, Select, and_, case, func, literal, or_, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
@@ -17,6 +18,7 @@ from bot.store.records import (
     OutboxItem,
     Ticket,
     TicketChange,
+    TicketRefused,
     parse_ticket_number,
     ticket_payload,
     transcript_entry,
@@ -32,6 +34,9 @@ from bot.store.schema import (
 )
 
 MAX_TRANSCRIPT_ENTRIES = 50
+TICKET_LOCK_NAMESPACE = (
+    0x5449434B  # "TICK": advisory locks that serialise one thread's or one person's filings
+)
 
 
 class TicketStore(StoreBase):
@@ -57,14 +62,32 @@ class TicketStore(StoreBase):
         note: str | None,
         transcript: Sequence[Mapping[str, str]],
         reply_parent: str | None,
+        one_per_thread: bool = False,
+        hourly_cap: int = 0,
     ) -> tuple[Ticket, bool]:
-        """Open a ticket once per dedupe_key; a retry gets the existing ticket and False."""
+        """Open a ticket once per dedupe_key; a retry gets the existing ticket and False.
+
+        With one_per_thread, a thread whose ticket is still open or claimed gets no second one, and with
+        hourly_cap a requester no more than that many an hour: both raise TicketRefused, checked in the
+        transaction that inserts, so that concurrent (forged) submits cannot slip past them."""
         now = self._now()
         by_key = select(tickets).where(tickets.c.dedupe_key == dedupe_key)
         async with self._begin() as conn:
             existing = (await conn.execute(by_key)).first()
             if existing is not None:
                 return read_ticket(existing), False
+            if one_per_thread and thread_id:
+                await self._serialise(conn, f"thread:{room_id}:{thread_id}")
+                open_one = (await conn.execute(_open_in_thread(room_id, thread_id))).first()
+                if open_one is not None:
+                    raise TicketRefused(read_ticket(open_one))
+            if hourly_cap > 0:
+                await self._serialise(conn, f"requester:{requester_id}")
+                recent = select(func.count()).where(
+                    tickets.c.requester_id == requester_id, tickets.c.created_at > now - timedelta(hours=1)
+                )
+                if (await conn.execute(recent)).scalar_one() >= hourly_cap:
+                    raise TicketRefused(None, hourly_cap)
             values = {
                 "number": await self._allocate_ticket_number(conn),
                 "dedupe_key": dedupe_key,
@@ -96,6 +119,20 @@ class TicketStore(StoreBase):
             actor = {"id": requester_id, "name": requester_name}
             await _enqueue_outbox(conn, ticket, "ticket.created", now, {"actor": actor})
         return ticket, True
+
+    async def open_ticket_in_thread(self, room_id: str, thread_id: str) -> Ticket | None:
+        """The thread's ticket that is still open or claimed, if it has one."""
+        async with self._begin() as conn:
+            row = (await conn.execute(_open_in_thread(room_id, thread_id))).first()
+        return None if row is None else read_ticket(row)
+
+    async def _serialise(self, conn: AsyncConnection, what: str) -> None:
+        """Make concurrent transactions about `what` take turns (SQLite's BEGIN IMMEDIATE already does)."""
+        if self.dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(what.encode()).digest()[:4], "big") & 0x7FFFFFFF
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:ns, :key)"), {"ns": TICKET_LOCK_NAMESPACE, "key": key}
+            )
 
     async def get_ticket(self, number: str) -> Ticket | None:
         key = parse_ticket_number(number)
@@ -209,6 +246,25 @@ class TicketStore(StoreBase):
             said=transcript_entry(by_name, question, now),
             details={"question": question},
         )
+
+    async def answer_info(self, number: str, *, requester_id: str, who: str, answer: str) -> Ticket | None:
+        """The requester's answer to the question the helpdesk asked: kept only while one is open (the ticket
+        is open or claimed, and has had more questions than answers); None otherwise."""
+        now = self._now()
+        locked = select(tickets).where(
+            tickets.c.number == _ticket_key(number),
+            tickets.c.requester_id == requester_id,
+            tickets.c.status.in_(("open", "claimed")),
+        )
+        async with self._begin() as conn:
+            row = (await conn.execute(locked.with_for_update())).first()
+            if row is None:
+                return None
+            answers = sum(1 for entry in row.transcript if entry.get("kind") == "answer")
+            if row.info_requests <= answers:
+                return None
+            entry = transcript_entry(who, answer, now) | {"kind": "answer"}
+            return read_ticket(await _append_transcript(conn, row.id, row.transcript, entry, now))
 
     async def add_transcript(self, number: str, who: str, text: str) -> None:
         now = self._now()
@@ -351,6 +407,19 @@ class TicketStore(StoreBase):
         async with self._begin() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
         return [read_ticket(row) for row in rows]
+
+
+def _open_in_thread(room_id: str, thread_id: str) -> Select[Any]:
+    return (
+        select(tickets)
+        .where(
+            tickets.c.room_id == room_id,
+            tickets.c.thread_id == thread_id,
+            tickets.c.status.in_(("open", "claimed")),
+        )
+        .order_by(tickets.c.id)
+        .limit(1)
+    )
 
 
 def _ticket_key(number: str) -> int:
