@@ -292,7 +292,7 @@ def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helpdesk-bot",
-        description="Webex helpdesk-triage bot. Configuration comes from the environment or .env (see README).",
+        description="Webex helpdesk-triage bot. Configuration comes from the environment or .env (see .env.example and docs/configuration.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -214,7 +214,7 @@ def _required(value: SecretStr | None, variable: str) -> str:
     if not text:
         raise RegistrationError(
             f"{variable} is not set: put it in .env (start from .env.example) or the environment; "
-            'see README.md, "Running it in Webex"'
+            'see docs/webex.md, "Running it in Webex"'
         )
     return text
 

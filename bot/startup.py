@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 from bot.knowledge import KnowledgeError
 from bot.webex import WebexAuthError
 
-README_WEBEX = 'README.md, "Running it in Webex"'
+README_WEBEX = 'docs/webex.md, "Running it in Webex"'
 
 
 class StartupError(Exception):

@@ -231,7 +231,7 @@ def test_without_a_token_the_cli_points_to_env_and_the_readme(tmp_path: Path, co
 
 
 def _readme_variables() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     names: set[str] = set()
     for row in table.splitlines():
