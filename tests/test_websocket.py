@@ -301,12 +301,14 @@ async def test_a_bad_token_stops_with_a_clear_error(
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     # The start checks the token first (GET /people/me) and stops with one line; the socket never starts,
     # so the refusal is said once.
-    with (
-        caplog.at_level(logging.DEBUG),
-        pytest.raises(StartupError, match="Webex refused WEBEX_ACCESS_TOKEN"),
-    ):
-        await client.start_server()
-    await client.close()
+    # Bounded: a start or a close that hangs is a failure with a name, not a suite that never ends.
+    async with asyncio.timeout(60):
+        with (
+            caplog.at_level(logging.DEBUG),
+            pytest.raises(StartupError, match="Webex refused WEBEX_ACCESS_TOKEN"),
+        ):
+            await client.start_server()
+        await client.close()
     assert [p for m, p in cloud.requests if p.endswith("/catalog")] == []
     assert "websocket stopped" not in caplog.text
 
